@@ -1,0 +1,24 @@
+"""napari-semiconv: semi-convolutional Mask R-CNN for worm segmentation, as a library, CLI and napari plugin.
+
+The top-level names are loaded lazily so that napari can read the plugin manifest without
+importing torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Instances", "load_model", "segment", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.inference import Instances, load_model, segment
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Instances", "load_model", "segment"):
+        from .core import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'napari_semiconv' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""`napari-semiconv` command line: a thin dispatcher over the core.
+
+Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and
+``run(args) -> int``; modules are imported only when listed here, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command name -> module under napari_semiconv.cli
+SUBCOMMANDS = {
+    "demo": "demo",
+    "experiment": "experiment",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "models": "models",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-semiconv",
+        description="Semi-convolutional Mask R-CNN for worm segmentation (Novotny et al., ECCV 2018).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(f"napari_semiconv.cli.{module}")
+        except ModuleNotFoundError as exc:  # a sub-command not built in this checkout
+            if exc.name == f"napari_semiconv.cli.{module}":
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        # user errors: one clear line, no traceback
+        print(f"napari-semiconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Core tier: numpy/torch only. Never imports Qt, napari or magicgui."""

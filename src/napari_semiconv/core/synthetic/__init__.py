@@ -1,0 +1,1 @@
+"""Synthetic data, deterministic by seed: the dot grid of Fig. 3a (dots.py) and C. elegans-like worms (worms.py)."""
