@@ -1,0 +1,160 @@
+"""5-fold cross-validation on the BBBC010 training wells, several recipes side by side.
+
+Every (recipe, fold) trains in its own process (they share one GPU), then each fold's model is
+evaluated on its held-out wells with ``napari-semiconv evaluate``. The fold split comes from
+``napari_semiconv.core.data.dataset.kfold_wells`` with the same seed the trainer uses, so the
+held-out wells are never seen in training. Writes ``crossval.json`` and ``crossval.md`` to --out.
+
+Example (what produced docs/benchmarks.md, on one H100):
+    python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
+        --recipes binary-semiconv,binary-plain,brightfield-semiconv --time-budget 330
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPES = {
+    # name: (input mode, semiconv)
+    "binary-semiconv": ("binary", True),
+    "binary-plain": ("binary", False),
+    "brightfield-semiconv": ("brightfield", True),
+    "brightfield-plain": ("brightfield", False),
+}
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "avS", "S50", "S60", "S70", "S80", "S90")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "napari_semiconv", *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipes", default="binary-semiconv,binary-plain,brightfield-semiconv")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--time-budget", type=float, default=300.0, help="training seconds per run")
+    p.add_argument("--iterations", type=int, default=100000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--crop", type=int, default=0)
+    p.add_argument("--synthetic", type=float, default=0.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--extra", default="", help="extra arguments passed to every train call")
+    args = p.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipes = [r for r in args.recipes.split(",") if r]
+    for r in recipes:
+        if r not in RECIPES:
+            p.error(f"unknown recipe {r!r}; choose from {sorted(RECIPES)}")
+
+    t0 = time.time()
+    procs = []
+    for r in recipes:
+        mode, semiconv = RECIPES[r]
+        for fold in range(args.folds):
+            ckpt = out / f"{r}-fold{fold}.pt"
+            cmd = _cli(
+                "train", "--data", args.data, "--layout", "bbbc010", "--input", mode,
+                "--backbone", args.backbone, "--iterations", str(args.iterations),
+                "--time-budget", str(args.time_budget), "--batch-size", str(args.batch_size),
+                "--lr", str(args.lr), "--folds", str(args.folds), "--fold", str(fold),
+                "--device", args.device, "--out", str(ckpt),
+            )  # fmt: skip
+            if args.crop:
+                cmd += ["--crop", str(args.crop)]
+            if args.synthetic:
+                cmd += ["--synthetic", str(args.synthetic)]
+            if not semiconv:
+                cmd.append("--no-semiconv")
+            cmd += args.extra.split()
+            log = open(out / f"{r}-fold{fold}.train.log", "w")  # noqa: SIM115
+            procs.append((r, fold, ckpt, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+    for r, fold, _, proc in procs:
+        rc = proc.wait()
+        print(f"[crossval] train {r} fold {fold}: exit {rc}", flush=True)
+    train_s = time.time() - t0
+
+    results: dict[str, list[dict]] = {r: [] for r in recipes}
+    evals = []
+    for r, fold, ckpt, _ in procs:
+        if not ckpt.exists():
+            print(f"[crossval] {r} fold {fold}: no checkpoint", flush=True)
+            continue
+        mode, _ = RECIPES[r]
+        cmd = _cli(
+            "evaluate", "--model", str(ckpt), "--data", args.data, "--layout", "bbbc010",
+            "--input", mode, "--folds", str(args.folds), "--fold", str(fold),
+            "--device", args.device, "--json",
+        )  # fmt: skip
+        evals.append((r, fold, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
+    for r, fold, proc in evals:
+        stdout, _ = proc.communicate()
+        try:
+            res = json.loads(stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            print(f"[crossval] {r} fold {fold}: evaluation failed", flush=True)
+            continue
+        res["fold"] = fold
+        results[r].append(res)
+        print(f"[crossval] {r} fold {fold}: {json.dumps(res)}", flush=True)
+
+    summary = {}
+    for r, rows in results.items():
+        if not rows:
+            continue
+        summary[r] = {"folds": len(rows)}
+        for m in METRICS:
+            vals = [row[m] for row in rows if row.get(m) is not None]
+            if vals:
+                summary[r][m] = statistics.mean(vals)
+                summary[r][m + "_std"] = statistics.pstdev(vals)
+    report = {
+        "recipes": recipes, "folds": args.folds, "backbone": args.backbone,
+        "time_budget_s": args.time_budget, "batch_size": args.batch_size, "lr": args.lr,
+        "train_wall_s": train_s, "total_wall_s": time.time() - t0, "summary": summary,
+        "per_fold": results, "device": _device_name(), "argv": sys.argv,
+    }  # fmt: skip
+    (out / "crossval.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"Device: {report['device']}; backbone {args.backbone}; {args.folds}-fold CV on the "
+        f"BBBC010 training wells; {args.time_budget:.0f} s of training per fold "
+        f"(all runs in parallel on one device); wall {train_s / 60:.1f} min.",
+        "",
+        "| recipe | AP | AP50 | AP75 | APs | APm | avS | S50 | S90 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r, s in summary.items():
+        cells = [f"{s.get(m, float('nan')):.3f} ± {s.get(m + '_std', 0):.3f}" for m in
+                 ("AP", "AP50", "AP75", "APs", "APm", "avS", "S50", "S90")]  # fmt: skip
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    (out / "crossval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(json.dumps({"summary": summary, "train_wall_s": train_s}))
+    return 0
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
