@@ -1,0 +1,297 @@
+"""Per-worm measurements and conversions between instance stacks and label images.
+
+Instances are an (N, H, W) boolean stack (overlaps kept) with scores (N,); instance ``k`` carries
+label ``k + 1`` everywhere in this project (label image, instance TIFF plane order, CSV rows).
+
+Measurements (one dict per instance, keys in :data:`MEASUREMENT_COLUMNS` order):
+
+- ``area``: pixel count.
+- ``length``: worm length in pixels. The mask is skeletonised (``skimage.morphology.skeletonize``)
+  and the skeleton read as a graph (8-connected, steps of 1 or sqrt(2)). A worm's skeleton may have
+  small spurs, so the centre line is the *longest shortest path between two skeleton endpoints*
+  (``scipy.sparse.csgraph.dijkstra`` from every endpoint). The skeleton stops about half a body
+  width short of each tip, so the Euclidean distance transform at the two path ends is added:
+  ``length = geodesic path length + (edt(end_a) - 0.5) + (edt(end_b) - 0.5)`` (the 0.5: the path
+  joins pixel centres, the edt reaches the centre of the first background pixel). A straight
+  w-wide, L-long bar thus measures close to L. A loop in the skeleton (a worm touching itself) is
+  cut at one edge, so the path runs around the loop, and no tip correction is added at the cut.
+  Disconnected fragments: only the skeleton component holding the longest path counts.
+- ``width``: mean width = ``area / length`` (a worm is modelled as a band of that length).
+- ``straightness``: straight-line distance between the two path ends / geodesic length of the
+  path, both on the skeleton itself (no tip correction), so 1.0 for a straight worm and clearly
+  below 1 for a bent one. A skeleton of a single pixel (a blob) has straightness 1.0.
+- ``centroid_y``, ``centroid_x``: mean pixel coordinates (rows, columns).
+- ``bbox_y0, bbox_x0, bbox_y1, bbox_x1``: bounding box, start inclusive and end exclusive
+  (numpy slice convention: ``mask[y0:y1, x0:x1]``).
+
+An empty mask (area 0) cannot be measured: it gets length 0, width 0, straightness NaN, centroid
+NaN and bbox 0 0 0 0, and a warning names it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
+from skimage.morphology import skeletonize
+
+__all__ = [
+    "MEASUREMENT_COLUMNS",
+    "as_instance_stack",
+    "instances_from_labels",
+    "label_dtype",
+    "labels_from_instances",
+    "measure_instances",
+    "measure_mask",
+]
+
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "label",
+    "score",
+    "area",
+    "length",
+    "width",
+    "straightness",
+    "centroid_y",
+    "centroid_x",
+    "bbox_y0",
+    "bbox_x0",
+    "bbox_y1",
+    "bbox_x1",
+)
+
+# The four "forward" neighbour offsets of the 8-neighbourhood; the other four are their mirrors,
+# so each undirected skeleton edge is found exactly once.
+_FORWARD_OFFSETS = ((0, 1, 1.0), (1, -1, math.sqrt(2.0)), (1, 0, 1.0), (1, 1, math.sqrt(2.0)))
+
+
+def as_instance_stack(masks: np.ndarray, scores: np.ndarray | None = None):
+    """Validate an (N, H, W) instance stack and its scores; return (bool masks, float64 scores).
+
+    ``scores=None`` gives every instance score 1.0 (e.g. ground truth), so ties resolve by order.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(
+            f"instance masks must be an (N, H, W) stack, got shape {masks.shape}; "
+            "use instances_from_labels() to convert a 2-D label image"
+        )
+    if masks.dtype != bool:
+        if np.issubdtype(masks.dtype, np.floating):
+            raise TypeError(
+                f"instance masks must be boolean or integer 0/1, got {masks.dtype}; "
+                "threshold probabilities first (e.g. masks > 0.5)"
+            )
+        masks = masks != 0
+    n = masks.shape[0]
+    if scores is None:
+        scores = np.ones(n, dtype=np.float64)
+    else:
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != n:
+            raise ValueError(f"got {n} masks but {scores.shape[0]} scores; give one score per mask")
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(f"scores contain {int(np.sum(~np.isfinite(scores)))} NaN/inf values")
+    return masks, scores
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    """Smallest of uint16/uint32/uint64 that holds ``max_label`` (the project's label dtype)."""
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        if max_label <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{max_label} labels do not fit in uint64")
+
+
+def labels_from_instances(masks: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) label image from an (N, H, W) stack: instance k -> label k + 1, 0 = background.
+
+    Where instances overlap the higher score wins; equal scores: the lower index wins.
+    dtype uint16 when N fits (N <= 65535), else uint32.
+    """
+    masks, scores = as_instance_stack(masks, scores)
+    n, height, width = masks.shape
+    labels = np.zeros((height, width), dtype=label_dtype(n))
+    # Paint from lowest to highest priority so the winner is painted last. Stable sort on -score
+    # puts lower indices first among ties; reversed, they are painted last and so win.
+    order = np.argsort(-scores, kind="stable")[::-1]
+    for k in order:
+        sl = _bbox_slices(masks[k])
+        if sl is None:
+            continue
+        region = labels[sl]
+        region[masks[k][sl]] = k + 1
+    return labels
+
+
+def instances_from_labels(labels: np.ndarray, return_ids: bool = False):
+    """(N, H, W) bool stack from a label image, one plane per distinct non-zero label, ascending.
+
+    Labels need not be consecutive (1, 5, 9 gives 3 planes); ``return_ids=True`` also returns the
+    (N,) label values so plane k can be traced back to its label.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a label image must be 2-D (H, W), got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError("a label image must hold whole numbers; got non-integer values")
+        labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"label images cannot hold negative labels (found {labels.min()})")
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape)
+    if ids.size and ids[0] == 0:
+        ids = ids[1:]
+    else:
+        inverse = inverse + 1  # no background: compact index 0 is already a label
+    stack = np.zeros((ids.size, *labels.shape), dtype=bool)
+    for k, sl in enumerate(ndimage.find_objects(inverse.astype(np.int64))):
+        if sl is not None:
+            stack[k][sl] = inverse[sl] == k + 1
+    return (stack, ids) if return_ids else stack
+
+
+def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _skeleton_graph(skeleton: np.ndarray):
+    """Sparse symmetric graph of an 8-connected skeleton; returns (graph, coords (P, 2))."""
+    coords = np.argwhere(skeleton)
+    index = np.full(skeleton.shape, -1, dtype=np.int64)
+    index[coords[:, 0], coords[:, 1]] = np.arange(len(coords))
+    height, width = skeleton.shape
+    src, dst, weight = [], [], []
+    for dy, dx, step in _FORWARD_OFFSETS:
+        ys, xs = coords[:, 0] + dy, coords[:, 1] + dx
+        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+        neighbour = np.full(len(coords), -1, dtype=np.int64)
+        neighbour[inside] = index[ys[inside], xs[inside]]
+        has = neighbour >= 0
+        src.append(np.flatnonzero(has))
+        dst.append(neighbour[has])
+        weight.append(np.full(int(has.sum()), step))
+    src_a, dst_a, w_a = np.concatenate(src), np.concatenate(dst), np.concatenate(weight)
+    n = len(coords)
+    graph = coo_matrix(
+        (
+            np.concatenate([w_a, w_a]),
+            (np.concatenate([src_a, dst_a]), np.concatenate([dst_a, src_a])),
+        ),
+        shape=(n, n),
+    ).tocsr()
+    return graph, coords
+
+
+def _longest_path(graph) -> tuple[float, int, int]:
+    """(geodesic length, node a, node b) of the longest path along the skeleton.
+
+    The skeleton graph is first reduced to a maximum spanning forest: a diagonal step that
+    short-cuts two orthogonal ones (a staircase corner of the skeleton) is kept, and a real loop
+    (a worm touching itself) is cut at one edge so the path runs around it instead of across.
+    In a tree the longest shortest path between endpoints (the diameter; spurs are never on it
+    unless longer than the body) is found exactly by a double sweep: the farthest node from any
+    node is one end, the farthest node from that end is the other.
+    """
+    n = graph.shape[0]
+    if n == 1:
+        return 0.0, 0, 0
+    # Maximum spanning forest of weights w = minimum spanning forest of (3 - w) > 0.
+    flipped = graph.copy()
+    flipped.data = 3.0 - flipped.data
+    tree = minimum_spanning_tree(flipped)  # CSR, each kept edge stored once
+    tree.data = 3.0 - tree.data
+    n_comp, comp = connected_components(tree, directed=False)
+    best = (0.0, 0, 0)
+    for c in range(n_comp):
+        start = int(np.flatnonzero(comp == c)[0])
+        d0 = dijkstra(tree, directed=False, indices=start)
+        d0[~np.isfinite(d0)] = -1.0
+        a = int(np.argmax(d0))
+        d1 = dijkstra(tree, directed=False, indices=a)
+        d1[~np.isfinite(d1)] = -1.0
+        b = int(np.argmax(d1))
+        if d1[b] > best[0]:
+            best = (float(d1[b]), a, b)
+    return best
+
+
+def measure_mask(mask: np.ndarray) -> dict[str, float]:
+    """Measurements of one (H, W) boolean mask (all keys of :data:`MEASUREMENT_COLUMNS` except
+    ``label`` and ``score``); see the module docstring for the definitions."""
+    sl = _bbox_slices(mask)
+    if sl is None:
+        nan = float("nan")
+        return dict(area=0, length=0.0, width=0.0, straightness=nan, centroid_y=nan,
+                    centroid_x=nan, bbox_y0=0, bbox_x0=0, bbox_y1=0, bbox_x1=0)  # fmt: skip
+    y0, x0 = sl[0].start, sl[1].start
+    # One pixel of background padding so the skeleton and distance transform see the border.
+    crop = np.pad(mask[sl], 1)
+    area = int(crop.sum())
+    ys, xs = np.nonzero(crop)
+    skeleton = skeletonize(crop)
+    if not skeleton.any():  # defensive: skeletonize keeps at least one pixel of any object
+        skeleton = np.zeros_like(crop)
+        skeleton[ys[len(ys) // 2], xs[len(xs) // 2]] = True
+    graph, coords = _skeleton_graph(skeleton)
+    path_len, a, b = _longest_path(graph)
+    # Tip correction only at true skeleton ends (degree <= 1), not where a loop was cut. The edt is
+    # the distance from the end pixel's centre to the nearest background pixel's centre; the body
+    # edge lies half a pixel before that, and the path runs between pixel centres, so a 1-px-wide
+    # bar of L pixels measures (L - 1) + 0.5 + 0.5 = L. A one-pixel skeleton counts both tips.
+    background = np.argwhere(~crop)  # never empty: the crop is padded
+    degree = np.diff(graph.indptr)
+    pa, pb = coords[a], coords[b]
+    length = path_len
+    for node, p in ((a, pa), (b, pb)):
+        if degree[node] <= 1:
+            edt = np.sqrt(np.min(np.sum((background - p) ** 2, axis=1)))
+            length += float(edt) - 0.5
+    chord = float(np.hypot(*(pa - pb).astype(np.float64)))
+    straightness = chord / path_len if path_len > 0 else 1.0
+    return dict(
+        area=area,
+        length=float(length),
+        width=float(area / length) if length > 0 else 0.0,
+        straightness=float(min(straightness, 1.0)),
+        centroid_y=float(ys.mean() - 1 + y0),
+        centroid_x=float(xs.mean() - 1 + x0),
+        bbox_y0=int(y0),
+        bbox_x0=int(x0),
+        bbox_y1=int(sl[0].stop),
+        bbox_x1=int(sl[1].stop),
+    )
+
+
+def measure_instances(masks: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+    """One dict per instance with keys :data:`MEASUREMENT_COLUMNS` (label = k + 1).
+
+    Args:
+        masks: (N, H, W) boolean stack (overlaps kept; each worm measured on its own full mask).
+        scores: (N,) detection scores; None gives 1.0 to every instance (e.g. ground truth).
+    """
+    masks, scores = as_instance_stack(masks, scores)
+    rows = []
+    empty = []
+    for k in range(masks.shape[0]):
+        values = measure_mask(masks[k])
+        if values["area"] == 0:
+            empty.append(k + 1)
+        rows.append({"label": k + 1, "score": float(scores[k]), **values})
+    if empty:
+        warnings.warn(
+            f"instances with empty masks (labels {empty}) have NaN straightness and centroid",
+            stacklevel=2,
+        )
+    return [{key: row[key] for key in MEASUREMENT_COLUMNS} for row in rows]

@@ -1,0 +1,101 @@
+"""npe2 reader for the ``<stem>_instances.tif`` stacks written by a run (command
+``napari-semiconv.get_reader``).
+
+A Labels layer holds one id per pixel, so overlapping worms cannot share one (napari issue 269).
+Opening ``<stem>_instances.tif`` therefore gives two layers:
+
+- ``<stem> worms``: the (H, W) label image, plane k -> label k + 1. Where worms overlap, the higher
+  score wins, scores read from the sibling ``<stem>_measurements.csv`` (its ``label``/``score``
+  columns); without that file (or if it does not describe the stack) the lower plane wins. The
+  CSV's columns, if present, become the layer's ``features`` (shown on hover).
+- ``<stem> instances``: the (N, H, W) stack itself as a hidden Labels layer, plane k holding
+  label k + 1, so every worm is kept whole, overlaps included. Left out when the run found no worm.
+
+Any other file: ``get_reader`` returns None, so napari asks other readers. No torch import here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_semiconv.core.export import read_instances_tif, read_measurements_csv
+from napari_semiconv.core.measurements import label_dtype, labels_from_instances
+
+__all__ = ["get_reader", "read_instance_stacks"]
+
+_SUFFIXES = ("_instances.tif", "_instances.tiff")
+
+LayerData = tuple[Any, dict, str]
+
+
+def _stem(path: str | Path) -> str | None:
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """Return :func:`read_instance_stacks` for ``*_instances.tif(f)`` files, else None."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or any(_stem(p) is None or not Path(p).is_file() for p in paths):
+        return None
+    return read_instance_stacks
+
+
+def _features(path: Path, stem: str, n: int) -> dict[str, np.ndarray] | None:
+    """Columns of ``<stem>_measurements.csv`` if it describes exactly labels 1..n, else None."""
+    csv_path = path.with_name(f"{stem}_measurements.csv")
+    if n == 0 or not csv_path.is_file():
+        return None
+    try:
+        rows = read_measurements_csv(csv_path)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"ignoring {csv_path.name}: {exc}", stacklevel=3)
+        return None
+    if sorted(r["label"] for r in rows) != list(range(1, n + 1)):
+        warnings.warn(
+            f"ignoring {csv_path.name}: its labels do not match the {n} planes of the stack; "
+            "overlaps are resolved by plane order",
+            stacklevel=3,
+        )
+        return None
+    rows = sorted(rows, key=lambda r: r["label"])
+    columns = {key: np.array([r[key] for r in rows]) for key in rows[0]}
+    return {"index": np.arange(1, n + 1), **{k: v for k, v in columns.items() if k != "label"}}
+
+
+def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
+    """Layer data tuples for one or more ``*_instances.tif`` files (see the module docstring)."""
+    layers: list[LayerData] = []
+    for item in [path] if isinstance(path, str | Path) else path:
+        file = Path(item)
+        stem = _stem(file) or file.stem
+        masks = read_instances_tif(file)
+        n = masks.shape[0]
+        features = _features(file, stem, n)
+        scores = None if features is None else features["score"].astype(np.float64)
+        if scores is not None and not np.all(np.isfinite(scores)):
+            scores = None  # an unreadable score: fall back to plane order
+        worms_meta: dict[str, Any] = {"name": f"{stem} worms", "metadata": {"source": str(file)}}
+        if features is not None:
+            worms_meta["features"] = features
+        layers.append((labels_from_instances(masks, scores), worms_meta, "labels"))
+        if n:
+            ids = np.arange(1, n + 1, dtype=label_dtype(n))[:, None, None]
+            stack = masks.astype(ids.dtype) * ids
+            stack_meta = {
+                "name": f"{stem} instances",
+                "visible": False,
+                "metadata": {"source": str(file), "overlaps_kept": True},
+            }
+            if features is not None:
+                stack_meta["features"] = features
+            layers.append((stack, stack_meta, "labels"))
+    return layers

@@ -1,0 +1,49 @@
+"""npe2 writer: a napari Labels layer to a lossless TIFF (command ``napari-semiconv.write_labels``).
+
+- Lossless and bit-exact: the values are stored unchanged, zlib-compressed, in the smallest
+  unsigned dtype that holds the largest label (uint8, uint16, uint32 or uint64). Negative or
+  fractional labels cannot be stored that way and raise ValueError.
+- Atomic: the data go to a temporary file beside the target, which replaces the target only once
+  complete, so a failed save never leaves a half-written file or destroys the previous one.
+- Overwriting: napari's *Save Layer* dialog asks the user before it calls a writer on an existing
+  file, so this writer replaces the file (atomically) once called. Code that must never overwrite
+  should call :func:`napari_semiconv.core.export.write_label_image` (``overwrite=False`` by
+  default, FileExistsError).
+- A multiscale layer is saved at its full resolution (level 0).
+
+No torch import here: napari imports this module when it saves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_semiconv.core.export import write_label_image
+
+__all__ = ["write_labels"]
+
+_EXTENSIONS = (".tif", ".tiff")
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one Labels layer's ``data`` to ``path`` (.tif/.tiff); return ``[path]``.
+
+    A path without an extension gets ``.tif``.
+    """
+    target = Path(path)
+    if target.suffix == "":
+        target = target.with_suffix(".tif")
+    elif target.suffix.lower() not in _EXTENSIONS:
+        raise ValueError(f"the label TIFF writer writes .tif/.tiff files, not {target.name!r}")
+    if isinstance(data, list | tuple):  # multiscale: the first level is the full resolution
+        if not data:
+            raise ValueError("the labels layer holds no data to save")
+        data = data[0]
+    labels = np.asarray(data)
+    if labels.ndim < 2:
+        raise ValueError(f"a labels layer to save must be at least 2-D, got shape {labels.shape}")
+    write_label_image(target, labels, overwrite=True)
+    return [str(target)]

@@ -1,0 +1,221 @@
+"""The four run outputs and the atomic writing beneath them."""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_semiconv.core import atomic
+from napari_semiconv.core.atomic import atomic_write_bytes, atomic_writer
+from napari_semiconv.core.export import (
+    output_paths,
+    read_instances_tif,
+    read_measurements_csv,
+    read_run_json,
+    write_label_image,
+    write_run_outputs,
+)
+from napari_semiconv.core.measurements import MEASUREMENT_COLUMNS, labels_from_instances
+
+
+class Result:
+    """Any object with .masks and .scores (as core.inference.Instances) is accepted."""
+
+    def __init__(self, masks, scores):
+        self.masks, self.scores = masks, scores
+
+
+def crossing_worms():
+    masks = np.zeros((3, 40, 50), dtype=bool)
+    masks[0, 10:14, 2:48] = True
+    masks[1, 2:38, 20:24] = True  # crosses worm 1
+    masks[2, 30:34, 30:45] = True
+    return masks, np.array([0.6, 0.9, 0.7], dtype=np.float32)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_four_files_written_and_read_back(tmp_path):
+    masks, scores = crossing_worms()
+    info = {"model": "tiny", "score_threshold": np.float32(0.5), "image": Path("/x/a.tif")}
+    paths = write_run_outputs(tmp_path, "A01", Result(masks, scores), info)
+    assert set(paths) == {"labels", "instances", "measurements", "run"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["A01_labels.tif", "A01_instances.tif", "A01_measurements.csv", "A01_run.json"]
+    )
+    # Instances: overlaps kept, plane k = worm k, bit-exact.
+    stack = tifffile.imread(paths["instances"])
+    assert stack.dtype == np.uint8 and stack.shape == (3, 40, 50)
+    np.testing.assert_array_equal(read_instances_tif(paths["instances"]), masks)
+    # Labels: uint16, overlap goes to the higher score (worm 2, score 0.9).
+    labels = tifffile.imread(paths["labels"])
+    assert labels.dtype == np.uint16
+    np.testing.assert_array_equal(labels, labels_from_instances(masks, scores))
+    assert labels[12, 21] == 2
+    # Measurements: header in contract order, one row per worm, label k + 1.
+    with open(paths["measurements"], newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == MEASUREMENT_COLUMNS and len(rows) == 4
+    table = read_measurements_csv(paths["measurements"])
+    assert [r["label"] for r in table] == [1, 2, 3]
+    assert [r["area"] for r in table] == [int(m.sum()) for m in masks]
+    assert table[1]["score"] == pytest.approx(0.9)
+    # Run record: as given (numpy scalar and Path converted) plus versions.
+    record = read_run_json(paths["run"])
+    assert record["model"] == "tiny" and record["score_threshold"] == pytest.approx(0.5)
+    assert record["image"] == "/x/a.tif"
+    assert "numpy" in record["versions"] and "python" in record["versions"]
+    assert leftovers(tmp_path) == []
+
+
+def test_keyword_arrays_and_out_dir_created(tmp_path):
+    masks, scores = crossing_worms()
+    out = tmp_path / "new" / "folder"
+    paths = write_run_outputs(out, "run", masks=masks, scores=scores, run_info={"a": 1})
+    assert all(p.is_file() for p in paths.values())
+    assert read_run_json(paths["run"])["a"] == 1
+
+
+def test_zero_worms_round_trip(tmp_path):
+    empty = np.zeros((0, 24, 31), dtype=bool)
+    paths = write_run_outputs(tmp_path, "none", masks=empty, scores=np.zeros(0), run_info={})
+    back = read_instances_tif(paths["instances"])
+    assert back.shape == (0, 24, 31) and back.dtype == bool
+    labels = tifffile.imread(paths["labels"])
+    assert labels.shape == (24, 31) and not labels.any()
+    assert read_measurements_csv(paths["measurements"]) == []
+
+
+def test_existing_output_refused_before_anything_written(tmp_path):
+    masks, scores = crossing_worms()
+    target = output_paths(tmp_path, "A01")["run"]  # the last of the four to be written
+    target.write_text("old")
+    with pytest.raises(FileExistsError, match="A01_run.json"):
+        write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A01_run.json"]
+    assert target.read_text() == "old"
+    # overwrite=True replaces it
+    write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={}, overwrite=True)
+    assert read_run_json(target)["versions"]
+
+
+def test_failed_write_leaves_no_partial_and_no_clobbered_file(tmp_path, monkeypatch):
+    # Tests run as root, so chmod cannot make a folder read-only: make the final rename fail.
+    masks, scores = crossing_worms()
+    old = output_paths(tmp_path, "A01")
+    write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={"v": 1})
+    before = {k: p.read_bytes() for k, p in old.items()}
+
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # the third file: the disk is "full"
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="could not write .*A01_measurements.csv.*No space"):
+        write_run_outputs(
+            tmp_path, "A01", masks=masks[:1], scores=scores[:1], run_info={"v": 2}, overwrite=True
+        )
+    assert leftovers(tmp_path) == []
+    # The third file was not clobbered (overwrite=True can't restore the first two, which are
+    # complete new files: never partial).
+    assert old["measurements"].read_bytes() == before["measurements"]
+    assert old["run"].read_bytes() == before["run"]
+    assert read_instances_tif(old["instances"]).shape == (1, 40, 50)
+
+
+def test_failed_fresh_run_removes_the_files_it_created(tmp_path, monkeypatch):
+    masks, scores = crossing_worms()
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(PermissionError, match="A01_run.json"):
+        write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_dir_that_is_a_file_gives_a_clear_error(tmp_path):
+    masks, scores = crossing_worms()
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        write_run_outputs(blocker, "A01", masks=masks, scores=scores, run_info={})
+    assert blocker.read_text() == "not a folder"
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        atomic_write_bytes(blocker / "x.bin", b"1")
+
+
+def test_bad_arguments(tmp_path):
+    masks, scores = crossing_worms()
+    with pytest.raises(TypeError, match="masks=..., scores="):
+        write_run_outputs(tmp_path, "A01", masks, {"a": 1})
+    with pytest.raises(ValueError, match="stem"):
+        write_run_outputs(tmp_path, "../A01", masks=masks, scores=scores)
+    with pytest.raises(ValueError, match="NaN"):
+        write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={"x": np.nan})
+    with pytest.raises(TypeError, match="JSON"):
+        write_run_outputs(tmp_path, "A01", masks=masks, scores=scores, run_info={"x": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writer_text_and_exception_cleanup(tmp_path):
+    target = tmp_path / "notes.txt"
+    with atomic_writer(target, "w") as handle:
+        handle.write("première ligne\n")
+    assert target.read_text(encoding="utf-8") == "première ligne\n"
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        with atomic_writer(target, "w") as handle:
+            raise AssertionError("never reached: refused before the body runs")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_writer(target, "w", overwrite=True) as handle:
+            handle.write("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text(encoding="utf-8") == "première ligne\n"
+    assert leftovers(tmp_path) == []
+    atomic_write_bytes(target, b"new", overwrite=True)
+    assert target.read_bytes() == b"new"
+    # permissions follow the umask, not mkstemp's 0600
+    assert target.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_writer(tmp_path / "y", "a"):
+            pass
+
+
+def test_write_label_image_smallest_exact_dtype(tmp_path):
+    labels = np.zeros((5, 6), dtype=np.int64)
+    labels[1, 1], labels[2, 2] = 3, 300
+    path = write_label_image(tmp_path / "l.tif", labels)
+    back = tifffile.imread(path)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, labels)
+    with pytest.raises(FileExistsError):
+        write_label_image(path, labels)
+    with pytest.raises(ValueError, match=">= 0"):
+        write_label_image(tmp_path / "neg.tif", -labels)
+    assert not (tmp_path / "neg.tif").exists()
+
+
+def test_read_run_json_rejects_non_objects(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="r.json"):
+        read_run_json(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_run_json(bad)

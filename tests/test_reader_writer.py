@@ -1,0 +1,120 @@
+"""The npe2 reader and writer, directly and through a real napari viewer (pytest-xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_semiconv.core.export import output_paths, write_run_outputs
+from napari_semiconv.plugin.reader import get_reader, read_instance_stacks
+from napari_semiconv.plugin.writer import write_labels
+
+
+def crossing_worms():
+    masks = np.zeros((3, 40, 50), dtype=bool)
+    masks[0, 10:14, 2:48] = True
+    masks[1, 2:38, 20:24] = True  # crosses worm 1 at rows 10:14, cols 20:24
+    masks[2, 30:34, 30:45] = True
+    return masks
+
+
+# ------------------------------------------------------------------ writer, direct calls
+@pytest.mark.parametrize(("top", "dtype"), [(200, np.uint8), (300, np.uint16), (70_000, np.uint32)])
+def test_writer_is_bit_exact_in_the_smallest_dtype(tmp_path, top, dtype):
+    labels = np.zeros((20, 30), dtype=np.int32)
+    labels[2:5, 3:9] = 1
+    labels[10:15, 10:20] = top
+    (written,) = write_labels(str(tmp_path / "l.tif"), labels, {"name": "l"})
+    back = tifffile.imread(written)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_writer_overwrites_atomically_and_rejects_bad_labels(tmp_path):
+    target = tmp_path / "labels.tiff"
+    write_labels(str(target), np.ones((4, 4), np.uint8), {})
+    # napari's save dialog confirmed the overwrite before calling the writer.
+    write_labels(str(target), np.full((4, 4), 2, np.uint16), {})
+    assert tifffile.imread(target).tolist() == [[2] * 4] * 4
+    with pytest.raises(ValueError, match=">= 0"):
+        write_labels(str(target), -np.ones((4, 4), np.int16), {})
+    assert tifffile.imread(target).tolist() == [[2] * 4] * 4  # untouched
+    with pytest.raises(ValueError, match=".tif"):
+        write_labels(str(tmp_path / "x.png"), np.ones((4, 4), np.uint8), {})
+    (no_ext,) = write_labels(str(tmp_path / "plain"), np.ones((4, 4), np.uint8), {})
+    assert no_ext.endswith("plain.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tiff", "plain.tif"]
+
+
+# ------------------------------------------------------------------ reader, direct calls
+def test_reader_claims_only_instance_stacks(tmp_path):
+    paths = write_run_outputs(tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3))
+    assert get_reader(str(paths["instances"])) is read_instance_stacks
+    assert get_reader([str(paths["instances"])]) is read_instance_stacks
+    assert get_reader(str(paths["labels"])) is None
+    assert get_reader(str(paths["measurements"])) is None
+    assert get_reader(str(tmp_path / "missing_instances.tif")) is None
+
+
+def test_reader_layers_keep_overlaps_and_use_scores(tmp_path):
+    masks = crossing_worms()
+    paths = write_run_outputs(tmp_path, "A01", masks=masks, scores=np.array([0.2, 0.9, 0.5]))
+    (worms, worms_meta, kind), (stack, stack_meta, kind2) = read_instance_stacks(
+        str(paths["instances"])
+    )
+    assert kind == kind2 == "labels"
+    assert worms_meta["name"] == "A01 worms" and stack_meta["name"] == "A01 instances"
+    assert stack_meta["visible"] is False
+    assert worms.shape == (40, 50) and worms[12, 21] == 2  # the higher score wins
+    assert stack.shape == (3, 40, 50)
+    for k in range(3):  # plane k holds worm k whole, as label k + 1
+        np.testing.assert_array_equal(stack[k] == k + 1, masks[k])
+    assert worms_meta["features"]["score"].tolist() == pytest.approx([0.2, 0.9, 0.5])
+    # Without the CSV, the lower plane wins.
+    output_paths(tmp_path, "A01")["measurements"].unlink()
+    worms, meta, _ = read_instance_stacks(str(paths["instances"]))[0]
+    assert worms[12, 21] == 1 and "features" not in meta
+
+
+def test_reader_on_a_run_without_worms(tmp_path):
+    empty = np.zeros((0, 16, 24), bool)
+    paths = write_run_outputs(tmp_path, "none", masks=empty, scores=np.zeros(0))
+    layers = read_instance_stacks(str(paths["instances"]))
+    assert len(layers) == 1 and layers[0][0].shape == (16, 24) and not layers[0][0].any()
+
+
+# ------------------------------------------------------------------ real napari viewer
+@pytest.mark.gui
+def test_viewer_saves_labels_through_the_plugin_bit_exact(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((32, 48), dtype=np.int32)
+    labels[3:9, 4:20] = 7
+    labels[15:30, 25:40] = 40_000
+    layer = viewer.add_labels(labels, name="worms")
+    target = tmp_path / "saved.tif"
+    written = viewer.layers.save(str(target), selected=False, plugin="napari-semiconv")
+    assert [str(target)] == [str(p) for p in written]
+    back = tifffile.imread(target)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, layer.data)
+    # The same file saved through the layer itself
+    other = tmp_path / "layer.tiff"
+    layer.save(str(other), plugin="napari-semiconv")
+    np.testing.assert_array_equal(tifffile.imread(other), labels)
+
+
+@pytest.mark.gui
+def test_viewer_opens_an_instance_stack(make_napari_viewer, tmp_path):
+    masks = crossing_worms()
+    paths = write_run_outputs(tmp_path, "A01", masks=masks, scores=np.array([0.2, 0.9, 0.5]))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(paths["instances"]), plugin="napari-semiconv")
+    assert [layer.name for layer in layers] == ["A01 worms", "A01 instances"]
+    worms, stack = viewer.layers["A01 worms"], viewer.layers["A01 instances"]
+    assert worms.data[12, 21] == 2 and not stack.visible
+    assert stack.data.shape == (3, 40, 50)
+    assert {int(v) for v in np.unique(stack.data)} == {0, 1, 2, 3}
+    # Overlapping pixels are kept in the stack: worm 1 (plane 0) still covers the crossing.
+    assert stack.data[0, 12, 21] == 1 and stack.data[1, 12, 21] == 2
+    assert worms.features["score"].tolist() == pytest.approx([0.2, 0.9, 0.5])
