@@ -1,1 +1,4 @@
-"""napari layer: manifest targets, widgets, reader/writer, sample data. Thin: computation lives in core."""
+"""napari layer: manifest targets, widgets, reader/writer, sample data.
+
+Thin by design: computation lives in ``napari_semiconv.core``.
+"""

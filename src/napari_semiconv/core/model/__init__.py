@@ -1,1 +1,4 @@
-"""Semi-convolutional Mask R-CNN (sec. 3.5) on torchvision: config, embedding head, RoI heads, builder."""
+"""Semi-convolutional Mask R-CNN (sec. 3.5) on torchvision.
+
+Modules: config, embedding head, RoI heads, builder.
+"""

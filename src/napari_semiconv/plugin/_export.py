@@ -1,0 +1,53 @@
+"""Export of a Segment widget run: the four files of ``napari-semiconv predict`` per plane."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ._workers import RunResult
+
+# a typed ".tif" (or another of the outputs' extensions) is dropped: the stem gets the suffixes
+_EXTENSIONS = (".tif", ".tiff", ".csv", ".json")
+
+
+def plane_stem(stem: str, index: tuple[int, ...]) -> str:
+    """``<stem>_plane<i>`` (``<stem>_plane<i>-<j>`` for 4-D) for one plane of a stack."""
+    return f"{stem}_plane{'-'.join(str(i) for i in index)}"
+
+
+def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
+    """Write labels TIFF, instance-stack TIFF, measurements CSV and run JSON for ``result``.
+
+    A 2-D image gives ``<stem>_labels.tif`` etc.; a stack one set per plane (:func:`plane_stem`).
+    Every target is checked first: if any exists, FileExistsError names them and nothing is
+    written. Returns {key: path}; keys are labels/instances/measurements/run, prefixed with
+    ``plane<i>/`` for stacks.
+    """
+    from ..core.export import output_paths, write_run_outputs
+
+    path_stem = Path(path_stem)
+    out_dir, stem = path_stem.parent, path_stem.name
+    if stem.lower().endswith(_EXTENSIONS):
+        stem = stem.rsplit(".", 1)[0]
+    jobs = [
+        (plane_stem(stem, index) if result.leading else stem, index, instances)
+        for index, instances in result.planes
+    ]
+    existing = [
+        str(p) for name, _, _ in jobs for p in output_paths(out_dir, name).values() if p.exists()
+    ]
+    if existing:
+        raise FileExistsError(
+            f"refusing to overwrite {len(existing)} existing file(s), e.g. {existing[0]}; "
+            "choose another folder or name"
+        )
+    written: dict[str, Path] = {}
+    for name, index, instances in jobs:
+        info: dict[str, Any] = dict(result.run_info)
+        if result.leading:
+            info["plane"] = list(index)
+        paths = write_run_outputs(out_dir, name, instances, info)
+        prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
+        written.update({f"{prefix}{key}": path for key, path in paths.items()})
+    return written

@@ -1,0 +1,302 @@
+"""The napari "Segment" widget on a real viewer (pytest-xvfb provides the X server).
+
+The model is a tiny, randomly initialised resnet18 semi-conv Mask R-CNN saved as a real
+checkpoint; with the score threshold at 0 and the mask threshold at 0 it returns its capped
+number of detections, so every run has worms to show and export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.filterwarnings("ignore:System theme detection:UserWarning"),
+]
+
+LONG = 60_000  # ms: a run on 2 shared CPU cores
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from napari_semiconv.core.checkpoint import save_checkpoint
+    from napari_semiconv.core.model.builder import build_model
+    from napari_semiconv.core.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        backbone="resnet18",
+        input_mode="brightfield",
+        min_size=128,
+        max_size=160,
+        fpn_channels=16,
+        box_head_width=32,
+        mask_head_width=16,
+        embed_hidden=16,
+        detections_per_img=4,
+        box_score_thresh=0.0,
+    )
+    model = build_model(config).eval()
+    card = {"name": "tiny-test", "data": "none (random weights)", "metrics": {"AP": 0.0}}
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", model, card)
+
+
+def test_widget_module_imports_neither_torch_nor_the_core_model():
+    import subprocess
+    import sys
+
+    code = "import sys, napari_semiconv.plugin.segment_widget; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _worm_image(height: int = 128, width: int = 160, seed: int = 0) -> np.ndarray:
+    """A few bright thick bands on a noisy background: enough structure for a forward pass."""
+    rng = np.random.default_rng(seed)
+    image = 0.2 + 0.05 * rng.standard_normal((height, width))
+    rows, cols = np.mgrid[:height, :width]
+    for k in range(3):
+        a, b = rng.uniform(-0.6, 0.6), rng.uniform(0.2, 0.8) * height
+        image[np.abs(rows - (a * cols + b)) < 3 + k] = 0.8
+    return (image * 1000).astype(np.uint16)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model):
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment")
+    w.set_model(str(tiny_model))
+    w.device_combo.setCurrentText("cpu")
+    w.score_spin.setValue(0.0)
+    w.mask_spin.setValue(0.0)
+    return w
+
+
+def _run(qtbot, w) -> None:
+    assert w.segment() is not None
+    qtbot.waitUntil(lambda: not w.running, timeout=LONG)
+
+
+def _errors() -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+def test_segment_adds_three_layers_and_reuses_them(qtbot, widget):
+    viewer = widget.viewer
+    viewer.add_image(_worm_image(), name="worms", scale=(2.0, 3.0), translate=(5.0, 7.0))
+    widget.refresh_images()
+    assert widget.model_choice().endswith("tiny.pt")
+    assert "tiny-test" in widget.card_label.text() and "brightfield" in widget.card_label.text()
+    _run(qtbot, widget)
+    labels = viewer.layers["worms worms"]
+    vectors = viewer.layers["worms displacement"]
+    votes = viewer.layers["worms votes"]
+    assert type(labels).__name__ == "Labels" and labels.data.shape == (128, 160)
+    assert type(vectors).__name__ == "Vectors" and vectors.data.shape[1:] == (2, 2)
+    assert type(votes).__name__ == "Image" and votes.data.shape == (128, 160)
+    assert votes.visible is False
+    for layer in (labels, vectors, votes):
+        np.testing.assert_allclose(layer.scale, (2.0, 3.0))
+        np.testing.assert_allclose(layer.translate, (5.0, 7.0))
+    result = widget.last_result
+    n = result.n_worms
+    assert n > 0
+    assert labels.data.max() <= n
+    for column in ("index", "score", "area", "length", "width", "straightness"):
+        assert column in labels.features.columns
+    assert len(labels.features) == n
+    # hovering a worm shows its row of the table in napari's status bar
+    row, col = np.argwhere(labels.data > 0)[0]
+    status = labels.get_status((row, col))["coordinates"]
+    assert "score:" in status and "straightness:" in status
+    instances = result.planes[0][1]
+    np.testing.assert_array_equal(labels.data, instances.labels())
+    np.testing.assert_array_equal(labels.features["area"], instances.masks.sum(axis=(1, 2)))
+    # arrows start on segmented pixels of the stride grid
+    starts = vectors.data[:, 0].astype(int)
+    assert (starts % widget.stride_spin.value() == 0).all()
+    assert instances.masks.any(axis=0)[starts[:, 0], starts[:, 1]].all()
+    # the votes of all foreground pixels (blurred, so up to what spills over the border)
+    assert votes.data.sum() == pytest.approx(instances.masks.any(axis=0).sum(), rel=0.05)
+    assert f"{n} worms" in widget.result_label.text() and "cpu" in widget.result_label.text()
+    assert result.device == "cpu"
+
+    # a re-run updates the same three layers instead of adding new ones
+    count = len(viewer.layers)
+    widget.stride_spin.setValue(1)
+    _run(qtbot, widget)
+    assert len(viewer.layers) == count
+    assert viewer.layers["worms worms"] is labels
+    assert viewer.layers["worms displacement"] is vectors
+    assert len(vectors.data) >= len(starts)
+
+
+def test_stack_is_segmented_plane_by_plane_and_cancel_leaves_no_layer(qtbot, widget, tmp_path):
+    from napari_semiconv.plugin._pickers import ALL_PLANES
+
+    viewer = widget.viewer
+    stack = np.stack([_worm_image(96, 144, seed=s) for s in range(3)])
+    viewer.add_image(stack, name="zstack", metadata={"sample": "z"})
+    widget.refresh_images()
+    # a leading axis of 3 may be channels or a short stack: the widget asks, defaulting to
+    # channel 0; here it is a Z stack
+    assert widget.channel_combo.isVisibleTo(widget)
+    assert widget.channel_combo.count() == 4
+    widget.channel_combo.setCurrentIndex(widget.channel_combo.findText(ALL_PLANES))
+
+    def cancel_on_second_plane(update):
+        if update.text.startswith("plane 2/"):
+            widget.cancel()
+
+    worker = widget.segment()
+    worker.yielded.connect(cancel_on_second_plane)
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    assert "Cancelled" in widget.result_label.text()
+    assert [layer.name for layer in viewer.layers] == ["zstack"]
+    assert widget.last_result is None
+    assert widget.segment_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    _run(qtbot, widget)
+    labels = viewer.layers["zstack worms"]
+    assert labels.data.shape == (3, 96, 144)
+    assert viewer.layers["zstack votes"].data.shape == (3, 96, 144)
+    vec = viewer.layers["zstack displacement"].data
+    assert vec.shape[1:] == (2, 3) and (vec[:, 1, 0] == 0).all()
+    assert labels.metadata["sample"] == "z" and "napari_semiconv" in labels.metadata
+    features = labels.features
+    assert list(features["plane_0"]) == sorted(features["plane_0"])
+    # worm ids are numbered 1..n over the whole stack; each plane shows only its own ids (a worm
+    # entirely under a higher-scored one may be absent from the label image, never misplaced)
+    np.testing.assert_array_equal(features["index"], np.arange(1, len(features) + 1))
+    for plane in range(3):
+        shown = set(np.unique(labels.data[plane])) - {0}
+        assert shown <= set(features["index"][features["plane_0"] == plane])
+
+    # a stack exports one set of four files per plane
+    paths = widget.export_to(tmp_path / "zstack")
+    assert paths is not None and len(paths) == 12
+    assert (tmp_path / "zstack_plane2_labels.tif").is_file()
+    assert json.loads((tmp_path / "zstack_plane1_run.json").read_text())["plane"] == [1]
+
+
+def test_results_land_on_the_original_image_after_switching(qtbot, widget):
+    viewer = widget.viewer
+    viewer.add_image(_worm_image(seed=1), name="first", scale=(0.5, 0.5))
+    viewer.add_image(_worm_image(seed=2), name="second", scale=(4.0, 4.0))
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("first"))
+    worker = widget.segment()
+    assert worker is not None
+    # the user switches images while the run is going
+    viewer.layers.selection.active = viewer.layers["second"]
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("second"))
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    assert "first worms" in viewer.layers and "second worms" not in viewer.layers
+    np.testing.assert_allclose(viewer.layers["first worms"].scale, (0.5, 0.5))
+
+
+def test_second_click_while_running_starts_no_second_worker(qtbot, widget):
+    viewer = widget.viewer
+    viewer.add_image(_worm_image(), name="img")
+    widget.refresh_images()
+    widget.segment_button.click()  # the button starts a run like segment() does
+    first = widget.worker
+    assert first is not None and widget.running
+    assert not widget.segment_button.isEnabled()
+    assert widget.segment() is None
+    widget.segment_button.click()  # disabled: does nothing
+    assert widget.worker is first and widget.runs_started == 1
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    names = [layer.name for layer in viewer.layers]
+    assert [n for n in names if n.endswith("worms")] == ["img worms"]
+
+
+def test_export_writes_four_files_and_the_cli_replays_them(qtbot, widget, tmp_path):
+    import tifffile
+
+    from napari_semiconv.cli.main import main
+
+    image = _worm_image(seed=3)
+    image_path = tmp_path / "plate.tif"
+    tifffile.imwrite(image_path, image)
+    widget.viewer.add_image(image, name="plate")
+    widget.refresh_images()
+    _run(qtbot, widget)
+    assert widget.export_button.isEnabled()
+    paths = widget.export_to(tmp_path / "out" / "plate")
+    assert paths is not None
+    assert sorted(p.name for p in paths.values()) == [
+        "plate_instances.tif",
+        "plate_labels.tif",
+        "plate_measurements.csv",
+        "plate_run.json",
+    ]
+    labels = tifffile.imread(paths["labels"])
+    np.testing.assert_array_equal(labels, widget.viewer.layers["plate worms"].data)
+    assert tifffile.imread(paths["instances"]).shape[0] == widget.last_result.n_worms
+
+    # never overwritten silently: a message, nothing written
+    before = {p: p.stat().st_mtime_ns for p in paths.values()}
+    n_records = len(_errors())
+    assert widget.export_to(tmp_path / "out" / "plate") is None
+    assert any("overwrite" in m for m in _errors()[n_records:])
+    assert {p: p.stat().st_mtime_ns for p in paths.values()} == before
+
+    # `napari-semiconv predict IMAGE --from-run RUN.json --out DIR` gives the same labels
+    replay = tmp_path / "replay"
+    argv = ["predict", str(image_path), "--from-run", str(paths["run"]), "--out", str(replay)]
+    assert main(argv) == 0
+    replayed = sorted(replay.glob("*_labels.tif"))
+    assert len(replayed) == 1
+    np.testing.assert_array_equal(tifffile.imread(replayed[0]), labels)
+
+
+def test_channels_and_rgb(qtbot, widget):
+    viewer = widget.viewer
+    two = np.stack([np.zeros((96, 144), np.uint16), _worm_image(96, 144)], axis=-1)
+    viewer.add_image(two, name="twochan", rgb=False)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("twochan"))
+    assert widget.channel_combo.isVisibleTo(widget)
+    assert widget.channel_combo.count() == 2  # channel-last: no "all planes" choice
+    widget.channel_combo.setCurrentIndex(1)
+    _run(qtbot, widget)
+    assert viewer.layers["twochan worms"].data.shape == (96, 144)
+    assert widget.last_result.run_info["image"]["channel"] == 1
+    assert widget.last_result.n_worms > 0
+
+    grey = _worm_image(96, 144).astype(np.float32) / 1000
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("colour"))
+    assert not widget.channel_combo.isVisibleTo(widget)
+    _run(qtbot, widget)
+    assert viewer.layers["colour worms"].data.shape == (96, 144)
+
+
+def test_clear_messages_and_no_half_made_layers(qtbot, widget):
+    viewer = widget.viewer
+    n_records = len(_errors())
+    assert widget.segment() is None  # no image layer
+    assert any("No image layer" in m for m in _errors()[n_records:])
+
+    viewer.add_image(np.zeros((10, 10), np.uint16) + np.eye(10, dtype=np.uint16), name="tiny")
+    widget.refresh_images()
+    n_records = len(_errors())
+    _run(qtbot, widget)  # too small for the model: the core refuses it
+    assert any("too small" in m for m in _errors()[n_records:])
+    assert [layer.name for layer in viewer.layers] == ["tiny"]
+    assert "Failed" in widget.result_label.text()
+
+    widget.set_model(str(Path(__file__)))  # not a checkpoint: refused when chosen
+    assert any("not a checkpoint" in m or "text file" in m for m in _errors())
+    assert widget.model_choice().endswith("tiny.pt")
