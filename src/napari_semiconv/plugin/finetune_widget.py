@@ -1,0 +1,456 @@
+"""The napari "Fine-tune" widget: retrain a worm model on a few images annotated in the viewer.
+
+The loop it serves: Segment an image, "Correct this result" (an editable copy of the worms layer
+paired with its image), fix a few worms, Train, and use the new model in the Segment widget at
+once. The widget gathers a :class:`~napari_semiconv.core.finetune.FineTuneSpec` (checked on the
+GUI thread: bad input starts nothing), runs ``_finetune_worker.run_finetune`` in a
+``napari.qt.threading`` worker and shows the loss curve and a preview. All of the training is in
+``core.training``; torch is imported only when a run starts or a model is listed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._finetune_curve import LossCurve
+from ._finetune_pairs import (
+    NONE,
+    PairRow,
+    corrections_layer,
+    fill_combo,
+    image_layers,
+    layer_data,
+    worms_layers,
+)
+from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
+from ._pickers import ModelPicker, show_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..core.finetune import FineTuneSpec
+
+HEADS_ONLY, EVERYTHING = "heads only (fast; CPU)", "everything (GPU)"
+WHOLE_IMAGE_NOTE = (
+    "Each pair's whole image counts as annotated: every unlabelled pixel is taught as "
+    "background, so label every worm in it, or pick a Shapes layer as the pair's region: then "
+    "only its rectangles are used."
+)
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a semi-convolutional Mask R-CNN on (image, labels) pairs or a folder."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.worker: Any = None
+        self.rows: list[PairRow] = []
+        self.last_output: Path | None = None  # the model file of the latest run
+        self.last_step = 0
+        self._preview_target: dict[str, Any] = {}
+        self._build()
+        self.add_pair()
+        self.refresh_layers()
+        self.refresh_models()
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self.refresh_layers)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        source = QHBoxLayout()
+        self.layers_radio = QRadioButton("Layers in the viewer")
+        self.folder_radio = QRadioButton("Folder (images/ + labels/)")
+        self.layers_radio.setChecked(True)
+        self.layers_radio.toggled.connect(self._source_changed)
+        source.addWidget(self.layers_radio)
+        source.addWidget(self.folder_radio)
+        layout.addLayout(source)
+
+        self.pairs_box = QWidget()
+        pairs = QVBoxLayout(self.pairs_box)
+        pairs.setContentsMargins(0, 0, 0, 0)
+        header = QLabel("Image · Labels · Region")
+        header.setToolTip(WHOLE_IMAGE_NOTE)
+        pairs.addWidget(header)
+        self.rows_layout = QVBoxLayout()
+        pairs.addLayout(self.rows_layout)
+        buttons = QHBoxLayout()
+        self.add_button = QPushButton("Add pair")
+        self.add_button.clicked.connect(lambda: self.add_pair())
+        self.correct_button = QPushButton("Correct this result")
+        self.correct_button.setToolTip(
+            "Copy the Segment widget's '<image> worms' layer to an editable '<image> "
+            "corrections' layer and add it as a training pair"
+        )
+        self.correct_button.clicked.connect(lambda: self.correct_result())
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.correct_button)
+        pairs.addLayout(buttons)
+        self.note_label = QLabel(WHOLE_IMAGE_NOTE)
+        self.note_label.setWordWrap(True)
+        pairs.addWidget(self.note_label)
+        layout.addWidget(self.pairs_box)
+
+        self.folder_box = QWidget()
+        folder = QHBoxLayout(self.folder_box)
+        folder.setContentsMargins(0, 0, 0, 0)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder with images/ and labels/ (same file names)")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_folder)
+        folder.addWidget(self.folder_edit, 1)
+        folder.addWidget(browse)
+        layout.addWidget(self.folder_box)
+        self.folder_box.setVisible(False)
+
+        form = QFormLayout()
+        self.val_row = PairRow(self.viewer, removable=False, optional=True)
+        form.addRow("Validation", self.val_row)
+        self.models = ModelPicker(self)
+        self.model_combo = self.models.combo
+        form.addRow("Base model", self.models.row)
+        form.addRow(self.models.card_label)  # its card: input mode, training data, metrics
+        self.iter_spin = _spin(1, 100_000, 200, "Training steps (the length of the schedule)")
+        form.addRow("Iterations", self.iter_spin)
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0.0, 24 * 60)
+        self.minutes_spin.setDecimals(1)
+        self.minutes_spin.setSpecialValueText("no limit")
+        self.minutes_spin.setToolTip("Stop after this many minutes (at the next checkpoint)")
+        form.addRow("Time budget (min)", self.minutes_spin)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 0.1)
+        self.lr_spin.setSingleStep(0.0005)
+        self.lr_spin.setValue(0.0025)
+        form.addRow("Learning rate", self.lr_spin)
+        self.what_combo = QComboBox()
+        self.what_combo.addItems([HEADS_ONLY, EVERYTHING])
+        self.what_combo.setToolTip("Heads only freezes the backbone and FPN: fewer weights to fit")
+        form.addRow("Train", self.what_combo)
+        self.batch_spin = _spin(1, 64, 2, "Crops per step")
+        form.addRow("Batch size", self.batch_spin)
+        self.crop_spin = _spin(32, 4096, 256, "Side of the random training crops, in pixels")
+        form.addRow("Crop", self.crop_spin)
+        self.device_combo = QComboBox()
+        form.addRow("Device", self.device_combo)
+        self.name_edit = QLineEdit()
+        self.name_edit.setToolTip("Name of the new model in your model folder")
+        form.addRow("Output name", self.name_edit)
+        self.resume_check = QCheckBox("Resume (continue the model named above)")
+        form.addRow(self.resume_check)
+        preview = QHBoxLayout()
+        self.preview_combo = QComboBox()
+        self.preview_combo.setToolTip("Segment this image with the latest checkpoint as it trains")
+        self.preview_spin = _spin(0, 100_000, 25, "Preview every N steps (0: at the end only)")
+        preview.addWidget(self.preview_combo, 1)
+        preview.addWidget(QLabel("every"))
+        preview.addWidget(self.preview_spin)
+        form.addRow("Preview on", preview)
+        layout.addLayout(form)
+
+        run = QHBoxLayout()
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(lambda: self.train())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        run.addWidget(self.train_button)
+        run.addWidget(self.cancel_button)
+        layout.addLayout(run)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        self.curve = LossCurve(self)
+        layout.addWidget(self.curve)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ pickers
+    def refresh_layers(self, *_: Any) -> None:
+        """Re-list the layers in every pair, the validation pair and the preview choice."""
+        for layer in self.viewer.layers:  # keep names current (connecting twice is a no-op)
+            layer.events.name.connect(self.refresh_layers)
+        for row in [*self.rows, self.val_row]:
+            row.refresh()
+        fill_combo(self.preview_combo, image_layers(self.viewer), NONE)
+
+    def refresh_models(self, *_: Any) -> None:
+        """Re-list the base models and the devices (CPU only: train the heads only)."""
+        from ..core.devices import available_devices
+
+        self.models.refresh()
+        devices = available_devices()
+        current = self.device_combo.currentText()
+        self.device_combo.clear()
+        self.device_combo.addItems(["auto", *devices])
+        if current:
+            self.device_combo.setCurrentText(current)
+        else:
+            self.what_combo.setCurrentText(HEADS_ONLY if devices[0] == "cpu" else EVERYTHING)
+
+    def set_model(self, name_or_path: str | Path) -> bool:
+        """Choose the base model by name or checkpoint path."""
+        return self.models.set_model(name_or_path)
+
+    def add_pair(self, image: Any = None, labels: Any = None, region: Any = None) -> PairRow:
+        """Add a pair row, optionally with its layers (objects or names) picked."""
+        row = PairRow(self.viewer)
+        row.remove_button.clicked.connect(lambda: self.remove_pair(row))
+        self.rows.append(row)
+        self.rows_layout.addWidget(row)
+        row.select(image, labels, region)
+        return row
+
+    def remove_pair(self, row: PairRow) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+            self.rows_layout.removeWidget(row)
+            row.deleteLater()
+
+    def use_folder(self, folder: str | Path | None) -> None:
+        """Train on a folder (``images/`` + ``labels/``), or on the layers with None."""
+        self.folder_radio.setChecked(folder is not None)
+        self.layers_radio.setChecked(folder is None)
+        self.folder_edit.setText(str(folder) if folder else "")
+
+    def _source_changed(self, *_: Any) -> None:
+        folder = self.folder_radio.isChecked()
+        self.pairs_box.setVisible(not folder)
+        self.folder_box.setVisible(folder)
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder with images/ and labels/")
+        if path:
+            self.folder_edit.setText(path)
+
+    def correct_result(self, worms: Any = None) -> Any:
+        """Turn a Segment result (``<image> worms``) into an editable ``<image> corrections``
+        layer paired with its image; returns the corrections layer, or None with a message."""
+        found = worms_layers(self.viewer)
+        if worms is None:
+            active = self.viewer.layers.selection.active
+            match = [f for f in found if f[1] is active] or found[-1:]
+        else:
+            match = [f for f in found if f[1] is worms]
+        if not match:
+            return self._refuse(
+                "No Segment result to correct: segment an image with the Segment widget first "
+                "(it makes an '<image> worms' layer), then click Correct this result."
+            )
+        image, labels = match[0]
+        layer = corrections_layer(self.viewer, image, labels)
+        self.refresh_layers()
+        if not any(r.layers()[:2] == (image, layer) for r in self.rows):
+            # re-use a row without labels, or one holding the raw result being corrected
+            free = [r for r in self.rows if r.layers()[1] in (None, labels)]
+            row = free[0] if free else self.add_pair()
+            row.select(image, layer)
+        self.status_label.setText(
+            f"Fix the worms in {layer.name!r} (paint, erase, one label per worm), then Train."
+        )
+        return layer
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def spec(self) -> FineTuneSpec:
+        """The run the widget describes now (layer data copied).
+
+        Raises:
+            ValueError / TypeError: naming the problem (as ``core.finetune.check_spec``).
+        """
+        from ..core.finetune import FineTuneSpec, check_spec
+
+        folder = self.folder_edit.text().strip() if self.folder_radio.isChecked() else None
+        if folder == "":
+            raise ValueError("no folder chosen: Browse… for a folder with images/ and labels/")
+        pairs = []
+        for i, row in enumerate([] if folder else self.rows, start=1):
+            try:
+                pairs.append(row.pair())
+            except ValueError as exc:
+                raise ValueError(f"pair {i}: {exc}") from exc
+        try:
+            val_pair = None if self.val_row.is_empty() else self.val_row.pair()
+        except ValueError as exc:
+            raise ValueError(f"validation pair: {exc}") from exc
+        base = self.models.choice()
+        spec = FineTuneSpec(
+            base=str(base) if base else "",
+            pairs=pairs,
+            folder=folder,
+            val_pair=val_pair,
+            name=self.name_edit.text().strip(),
+            iterations=int(self.iter_spin.value()),
+            minutes=float(self.minutes_spin.value()),
+            lr=float(self.lr_spin.value()),
+            heads_only=self.what_combo.currentText() == HEADS_ONLY,
+            device=self.device_combo.currentText() or "auto",
+            batch_size=int(self.batch_spin.value()),
+            crop=int(self.crop_spin.value()),
+            resume=self.resume_check.isChecked(),
+            preview_every=int(self.preview_spin.value()),
+        )
+        check_spec(spec)
+        return spec
+
+    def train(self) -> Any:
+        """Start fine-tuning; returns the worker, or None (with a message) if nothing started."""
+        from napari.qt.threading import create_worker
+
+        from ..core.finetune import output_path
+
+        if self.running:
+            return None
+        try:
+            spec = self.spec()
+        except (ValueError, TypeError) as exc:
+            return self._refuse(f"Not started: {exc}")
+        preview = self.preview_combo.currentData()
+        self._preview_target = {}
+        if preview is not None:
+            self._preview_target = {
+                "name": f"{preview.name} preview",
+                "scale": tuple(preview.scale)[-2:],
+                "translate": tuple(preview.translate)[-2:],
+            }
+        out = output_path(spec)
+        self.name_edit.setText(out.stem)  # so Resume continues this very model
+        self.last_output, self.last_step = out, 0
+        if not spec.resume:
+            self.curve.clear()
+        self.worker = create_worker(
+            run_finetune,
+            spec,
+            layer_data(preview) if preview is not None else None,
+            _start_thread=False,
+            _progress={"total": spec.iterations, "desc": f"Fine-tuning {out.stem}"},
+            _connect={
+                "yielded": self._on_update,
+                "returned": self._on_returned,
+                "errored": self._on_error,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+        )
+        self._set_running(True)
+        self.status_label.setText(f"Fine-tuning {out.stem} from {spec.base or out.stem}…")
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop at the next step; the last checkpoint written is kept (Resume continues it)."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.cancel_button.setEnabled(False)
+            self.status_label.setText("Cancelling…")
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_update(self, update: FineTuneUpdate) -> None:
+        pbar = getattr(self.worker, "pbar", None)
+        if pbar is not None and update.step > pbar.n:
+            pbar.update(update.step - pbar.n)
+        if update.kind == "history" and update.history is not None:
+            self.curve.set_data(update.history.steps, update.history.loss)
+        elif update.kind == "loss" and update.loss is not None:
+            self.curve.add(update.step, update.loss)
+            self.status_label.setText(f"step {update.step}/{update.total}: loss {update.loss:.4f}")
+        elif update.kind == "val" and update.metrics:
+            ap = update.metrics.get("AP")
+            self.status_label.setText(f"step {update.step}: validation AP {_fmt(ap)}")
+        elif update.kind == "checkpoint":
+            self.last_output, self.last_step = Path(update.checkpoint), update.step
+        elif update.kind == "preview" and update.labels is not None:
+            self._show_preview(update.labels)
+        elif update.kind == "message" and update.text:
+            self.status_label.setText(update.text)
+
+    def _show_preview(self, labels: Any) -> None:
+        from ._layers import _put
+
+        target = self._preview_target
+        if not target:
+            return
+        geometry = {"scale": target["scale"], "translate": target["translate"]}
+        _put(self.viewer, "labels", target["name"], labels, labels.ndim, geometry, {})
+
+    def _on_returned(self, result: FineTuneResult) -> None:
+        self.last_output, self.last_step = Path(result.out), result.step
+        ap = (result.metrics or {}).get("AP")
+        text = f"Saved {Path(result.out).stem} (step {result.step}/{result.total}"
+        text += f", validation AP {_fmt(ap)}" if result.metrics else ""
+        text += f") in {result.seconds:.0f} s; it is in the Segment widget's model list."
+        self.status_label.setText(f"{result.message}\n{text}" if result.message else text)
+        self.publish()
+
+    def _on_error(self, exc: BaseException) -> None:
+        show_error(f"Fine-tuning failed: {exc}")
+        self.status_label.setText(f"Failed: {exc}")
+        self.publish()
+
+    def _on_aborted(self) -> None:
+        kept = self.last_output if self.last_output and self.last_output.is_file() else None
+        at = f" at step {self.last_step}" if self.last_step else ""
+        self.status_label.setText(
+            f"Cancelled. Kept {kept.stem}{at}; tick Resume and Train to continue it."
+            if kept
+            else "Cancelled before the first checkpoint: nothing was saved."
+        )
+        self.publish()
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    def publish(self) -> None:
+        """Re-list the models here and in every open Segment widget of this viewer."""
+        self.refresh_models()
+        module = sys.modules.get("napari_semiconv.plugin.segment_widget")
+        if module is None:  # never imported: no Segment widget to refresh
+            return
+        for widget in QApplication.allWidgets():
+            if isinstance(widget, module.SegmentWidget) and widget.viewer is self.viewer:
+                widget.refresh_models()
+
+    def _refuse(self, message: str) -> None:
+        show_error(message)
+        self.status_label.setText(message)
+        return None
+
+
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"

@@ -1,0 +1,173 @@
+"""The napari "Fine-tune" widget on a real viewer (pytest-xvfb provides the X server).
+
+A tiny random resnet18 base model is fine-tuned for a few steps on two synthetic worm images:
+the loss curve grows, Cancel keeps the last checkpoint, Resume continues it, and the new model
+shows up in list_models() and in an open Segment widget's model list at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from toy_worms import tiny_model_config, toy_worms
+
+from napari_semiconv.core.measurements import labels_from_instances
+
+pytestmark = pytest.mark.gui
+
+LONG = 60_000  # ms, on 2 shared CPU cores
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv("SEMICONV_MODEL_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    import torch
+
+    from napari_semiconv.core.checkpoint import save_checkpoint
+    from napari_semiconv.core.model.builder import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(input_mode="binary"))
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "tiny-base.pt", model, {"name": "b"})
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_dir, base_model):
+    from napari_semiconv.plugin.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Fine-tune")
+    assert w.set_model(str(base_model))
+    w.device_combo.setCurrentText("cpu")
+    w.batch_spin.setValue(1)
+    w.crop_spin.setValue(96)
+    return w
+
+
+def _add_pair(viewer, name: str, seed: int):
+    image, masks = toy_worms((128, 128), n=3, seed=seed)
+    viewer.add_image(image, name=name)
+    viewer.add_labels(labels_from_instances(masks), name=f"{name} labels")
+    return viewer.layers[name], viewer.layers[f"{name} labels"]
+
+
+def _errors() -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+def _refused(w, text: str) -> None:
+    n = len(_errors())
+    assert w.train() is None and not w.running
+    assert text in w.status_label.text()
+    assert any(text in m for m in _errors()[n:])
+
+
+def test_bad_input_gives_a_message_and_starts_nothing(widget, model_dir):
+    viewer = widget.viewer
+    _refused(widget, "a pair needs an image and a Labels layer")
+    widget.remove_pair(widget.rows[0])
+    _refused(widget, "no training pairs")
+
+    image, labels = _add_pair(viewer, "a", 0)
+    row = widget.add_pair(image, labels)
+    viewer.add_labels(np.zeros((128, 128), np.uint8), name="empty")
+    row.select(labels="empty")
+    _refused(widget, "no labelled worm")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="small")
+    row.select(labels="small")
+    _refused(widget, "is 128x128 but labels 'small' are 64x64")
+    giant = np.zeros((128, 128), np.uint8)
+    giant[10:120, 5:125] = 1
+    viewer.add_labels(giant, name="mask")
+    row.select(labels="mask")
+    _refused(widget, "foreground mask")
+    assert not model_dir.exists()  # nothing was written
+
+
+def test_correct_this_result_and_rectangles(widget):
+    from napari_semiconv.plugin._layers import output_names
+
+    viewer = widget.viewer
+    assert widget.correct_result() is None
+    assert "No Segment result" in widget.status_label.text()
+    image, masks = toy_worms((128, 128), n=3, seed=4)
+    viewer.add_image(image, name="plate")
+    worms = viewer.add_labels(labels_from_instances(masks), name=output_names("plate")["labels"])
+    layer = widget.correct_result()
+    assert layer.name == "plate corrections" and layer is not worms
+    np.testing.assert_array_equal(layer.data, worms.data)
+    layer.data[0:10, 0:10] = 7  # an edit touches only the copy
+    assert worms.data[0:10, 0:10].max() < 7
+    assert widget.rows[0].layers()[:2] == (viewer.layers["plate"], layer)
+    assert widget.correct_result() is layer and len(widget.rows) == 1  # no duplicate pair
+
+    shapes = viewer.add_shapes(
+        [np.array([[4.0, 6.0], [4.0, 100.0], [90.0, 100.0], [90.0, 6.0]])],
+        shape_type="rectangle",
+        name="checked",
+    )
+    widget.rows[0].select(region=shapes)
+    spec = widget.spec()
+    assert spec.pairs[0].rois == [(4, 6, 90, 100)]
+    assert spec.pairs[0].image_name == "plate"
+    assert spec.pairs[0].labels_name == "plate corrections"
+
+
+def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
+    from napari_semiconv.core.checkpoint import load_checkpoint
+    from napari_semiconv.core.model_store import list_models
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = widget.viewer
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    first = _add_pair(viewer, "one", 1)
+    second = _add_pair(viewer, "two", 2)
+    widget.rows[0].select(*first)
+    widget.add_pair(*second)
+    widget.iter_spin.setValue(40)
+    widget.preview_spin.setValue(2)
+    widget.preview_combo.setCurrentIndex(widget.preview_combo.findText("one"))
+    widget.name_edit.setText("my worms")
+
+    worker = widget.train()
+    assert worker is not None and widget.running
+    # the preview follows the checkpoint of step 2; cancel once both are in
+    qtbot.waitUntil(lambda: "one preview" in viewer.layers and widget.last_step >= 2, timeout=LONG)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    out = model_dir / "my-worms.pt"
+    assert widget.last_output == out and out.is_file()
+    assert "Cancelled" in widget.status_label.text()
+    step = load_checkpoint(out).train_state["step"]
+    assert 2 <= step < 40
+    assert len(widget.curve) >= 2 and widget.curve.line.get_xdata()[0] == 1
+    assert "one preview" in viewer.layers
+    assert viewer.layers["one preview"].data.shape == (128, 128)
+    # listed at once, here and in the Segment widget
+    assert "my-worms" in [m["name"] for m in list_models()]
+    assert segment.model_combo.findData("my-worms") >= 0
+    assert widget.model_combo.findData("my-worms") >= 0
+
+    # resume: the same model, from its checkpoint, to a shorter end
+    widget.resume_check.setChecked(True)
+    widget.iter_spin.setValue(step + 2)
+    assert widget.name_edit.text() == "my-worms"
+    assert widget.train() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    assert "Saved my-worms" in widget.status_label.text(), widget.status_label.text()
+    card = load_checkpoint(out).card
+    assert card["step"] == step + 2
+    assert [p["image"] for p in card["training_pairs"]] == ["one", "two"]
+    assert "--layout folders --data" in card["command"]
+    assert widget.curve.steps == list(range(1, step + 3))  # the earlier curve + 2 new points
+    assert [m["name"] for m in list_models()].count("my-worms") == 1
