@@ -1,0 +1,78 @@
+"""A ``Sample`` from in-memory arrays (napari layers, numpy): an image and its worm labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.preprocess import check_input_mode, normalise, to_grey
+
+__all__ = ["labels_to_masks", "sample_from_arrays"]
+
+
+def labels_to_masks(labels: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Worm masks (N, H, W) bool from a 2-D label image or an N×H×W instance stack.
+
+    A 2-D label image holds one integer id per worm (0 = background; ids need not be
+    consecutive; masks come in increasing id order). A stack holds one mask per slice (any
+    non-zero pixel is the worm), which is the only way to keep overlapping worms; empty slices
+    are dropped.
+
+    Raises:
+        ValueError: wrong number of dimensions, a size other than ``shape``, non-integer or
+            negative labels, a 2-D boolean mask (ambiguous: one worm or a foreground?), or no
+            worm at all.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"labels must be a 2-D label image or an N×H×W stack of masks, got shape {arr.shape}"
+        )
+    if shape is not None and arr.shape[-2:] != tuple(shape):
+        raise ValueError(
+            f"labels of shape {arr.shape} do not match the image's (H, W) = {tuple(shape)}; "
+            "give labels drawn on this image (2-D H×W or N×H×W)"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError("labels contain NaN or infinite values")
+    if arr.ndim == 3:
+        masks = arr != 0
+        masks = masks[masks.reshape(len(masks), -1).any(axis=1)]
+    else:
+        if arr.dtype == bool:
+            raise ValueError(
+                "labels is a 2-D boolean mask: give a label image (one integer id per worm) or "
+                "an N×H×W stack of masks (mask[None] for a single worm)"
+            )
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise ValueError("a 2-D label image must hold integer ids; got fractional values")
+        if (arr < 0).any():
+            raise ValueError("a 2-D label image must not hold negative ids")
+        ids = np.unique(arr)
+        ids = ids[ids != 0]
+        masks = arr[None] == ids[:, None, None].astype(arr.dtype)
+    if len(masks) == 0:
+        raise ValueError("labels are empty (no worm); annotate at least one worm")
+    return masks
+
+
+def sample_from_arrays(
+    image: np.ndarray, labels: np.ndarray, input_mode: str, name: str = "array"
+) -> Sample:
+    """A ``Sample``: ``image`` normalised for ``input_mode``, ``labels`` as worm masks.
+
+    Args:
+        image: 2-D grey or (H, W, 3|4) colour image, any numeric dtype.
+        labels: a 2-D label image (H, W) or an N×H×W stack of worm masks (overlaps kept).
+        input_mode: "binary" or "brightfield" (see ``core.preprocess``).
+        name: the sample's name.
+
+    Raises:
+        ValueError: see ``labels_to_masks`` and ``core.preprocess.to_grey``.
+    """
+    mode = check_input_mode(input_mode)
+    grey_shape = to_grey(image).shape
+    masks = labels_to_masks(labels, grey_shape)
+    return Sample(normalise(image, mode), masks, str(name))

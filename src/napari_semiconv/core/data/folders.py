@@ -1,0 +1,95 @@
+"""Reader for a plain folder of annotated images: ``root/images/`` + ``root/labels/``.
+
+An image and its labels are matched by file stem: ``images/well7.tif`` goes with
+``labels/well7.tif``, or with ``labels/well7_instances.tif`` / ``_labels`` / ``_masks`` (the names
+this project's exports use, so corrected results can be trained on). When several match, the
+instance stack (``_instances``) is preferred because it keeps overlapping worms.
+
+Images: TIFF, PNG, JPEG or BMP, grey or RGB(A). Labels: a 2-D label image (one integer id per
+worm) or an N×H×W stack of worm masks (TIFF), the same height and width as the image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from napari_semiconv.core.data.arrays import sample_from_arrays
+from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.preprocess import check_input_mode
+
+__all__ = ["IMAGE_SUFFIXES", "read_folders"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+# preferred first: an instance stack keeps overlaps, a label image does not
+_LABEL_TAGS = ("_instances", "", "_labels", "_label", "_masks", "_mask")
+
+
+def _imread(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(path))
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if (
+            path.is_file()
+            and path.suffix.lower() in IMAGE_SUFFIXES
+            and not path.name.startswith(".")
+        ):
+            if path.stem in out:
+                raise ValueError(
+                    f"two files with stem {path.stem!r} in {folder}: {out[path.stem].name}, "
+                    f"{path.name}; keep one"
+                )
+            out[path.stem] = path
+    return out
+
+
+def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
+    """Samples of ``root/images`` matched to ``root/labels`` by stem, sorted by image name.
+
+    Images without labels are skipped with a warning (and so are labels without an image).
+
+    Raises:
+        FileNotFoundError: ``root/images`` or ``root/labels`` missing.
+        ValueError: bad input mode, no image with labels, or an unreadable/mismatched pair
+            (the message names the file).
+    """
+    mode = check_input_mode(input_mode)
+    root = Path(root).expanduser()
+    folders = {name: root / name for name in ("images", "labels")}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder} not found: a folders dataset needs {root}/images/ and {root}/labels/ "
+                "with matching file names"
+            )
+    images, labels = _files(folders["images"]), _files(folders["labels"])
+    samples = []
+    for stem, image_path in images.items():
+        match = next((labels[stem + t] for t in _LABEL_TAGS if stem + t in labels), None)
+        if match is None:
+            warnings.warn(
+                f"{image_path.name}: no labels in {folders['labels']}; skipped", stacklevel=2
+            )
+            continue
+        try:
+            samples.append(sample_from_arrays(_imread(image_path), _imread(match), mode, stem))
+        except ValueError as err:
+            raise ValueError(f"{image_path.name} / {match.name}: {err}") from err
+    wanted = {stem + tag for stem in images for tag in _LABEL_TAGS}
+    orphans = sorted(set(labels) - wanted)
+    if orphans:
+        warnings.warn(f"labels without an image in {folders['images']}: {orphans}", stacklevel=2)
+    if not samples:
+        raise ValueError(f"no image in {folders['images']} has labels in {folders['labels']}")
+    return samples

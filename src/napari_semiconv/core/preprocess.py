@@ -1,0 +1,121 @@
+"""Turning any user image into the (H, W) float32 the model expects, per input mode.
+
+Two input modes, fixed when a model is trained (``ModelConfig.input_mode``):
+
+``"binary"`` — a foreground mask: worms 1.0, background 0.0 (the paper's C. elegans protocol,
+    sec. 4.2, whose input is BBBC010's binary foreground). Accepted: bool, 0/1, 0/255, 0/65535
+    or any two-level image (foreground = value > half the maximum), a soft mask or probability
+    map in any range (same rule), and an integer label image with several labels (foreground =
+    any non-zero label, since half the maximum label would drop worms). An all-zero image is a
+    valid, empty foreground.
+``"brightfield"`` — a raw bright-field (transmitted light) image: dark worms in a bright well,
+    any intensity range (BBBC010's ``w2`` channel is uint16, about 90-3000). Mapped per image
+    by robust percentiles: the 1st percentile -> 0, the 99.8th -> 1, clipped to [0, 1]; the
+    image is not inverted (worms stay dark). A constant image gives all zeros.
+
+Colour images (H, W, 3) or (H, W, 4) are turned grey by luminance (Rec. 709 weights, alpha
+dropped) before either mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["INPUT_MODES", "check_input_mode", "normalise", "to_grey"]
+
+INPUT_MODES = ("binary", "brightfield")
+
+_LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float64)  # Rec. 709 luminance
+_PERCENTILES = (1.0, 99.8)
+
+
+def check_input_mode(input_mode: object) -> str:
+    """The input mode, validated; ValueError names the valid ones."""
+    if not isinstance(input_mode, str) or input_mode.strip().lower() not in INPUT_MODES:
+        raise ValueError(
+            f"input_mode must be one of {', '.join(repr(m) for m in INPUT_MODES)}, "
+            f"got {input_mode!r}"
+        )
+    return input_mode.strip().lower()
+
+
+def _as_real_array(image: object) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"image must be a real numeric array (bool, integer or float), got dtype {array.dtype}"
+        )
+    if array.size == 0:
+        raise ValueError(f"image is empty (shape {array.shape}); give an image with pixels")
+    return array
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """A 2-D float32 copy of ``image``: grey kept, RGB/RGBA -> luminance (alpha dropped).
+
+    Accepts bool, any integer or float dtype; values are kept (uint16 2900 -> 2900.0). Singleton
+    axes are dropped first, so (1, H, W) and (H, W, 1) are fine.
+
+    Raises:
+        TypeError: not a real numeric array.
+        ValueError: empty, more than 2-D without a colour axis last (e.g. a stack or a
+            channel-first image: pass one 2-D plane), or NaN/inf pixels (the count is named).
+    """
+    array = _as_real_array(image)
+    squeezed = array.squeeze() if array.ndim > 2 else array
+    if squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4):
+        grey = squeezed[..., :3].astype(np.float64) @ _LUMA
+    elif squeezed.ndim == 2:
+        grey = squeezed
+    else:
+        raise ValueError(
+            f"image of shape {array.shape} is not 2-D grey nor (H, W, 3|4) colour; "
+            "pass a single 2-D plane (e.g. one channel or one time point) or put the colour "
+            "axis last"
+        )
+    # always a copy: callers may change the result without touching the user's array
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.array(grey, dtype=np.float32, copy=True)
+    bad = int(np.count_nonzero(~np.isfinite(out)))  # float64 beyond float32's range -> inf
+    if bad:
+        raise ValueError(
+            f"image has {bad} NaN or infinite pixel(s) (of {out.size}); replace them "
+            "(e.g. numpy.nan_to_num) before segmenting"
+        )
+    return out
+
+
+def _is_label_image(array: np.ndarray) -> bool:
+    """An integer image with more than one non-zero value: a label image, not a 0/max mask."""
+    if array.dtype.kind not in "iu" or array.ndim != 2:
+        return False
+    return np.unique(array[array != 0]).size > 1
+
+
+def normalise(image: np.ndarray, input_mode: str) -> np.ndarray:
+    """``image`` as the model sees it: float32 (H, W) for ``input_mode`` (see the module doc).
+
+    Raises:
+        ValueError: unknown ``input_mode``, or what ``to_grey`` rejects.
+    """
+    mode = check_input_mode(input_mode)
+    raw = _as_real_array(image)
+    if mode == "binary":
+        squeezed = raw.squeeze() if raw.ndim > 2 else raw
+        if _is_label_image(squeezed):
+            return (squeezed != 0).astype(np.float32)
+        grey = to_grey(raw)
+        top = float(grey.max())
+        if top <= 0:  # an empty foreground: nothing is a worm
+            return np.zeros(grey.shape, dtype=np.float32)
+        return (grey > 0.5 * top).astype(np.float32)
+
+    grey = to_grey(raw)
+    lo, hi = np.percentile(grey, _PERCENTILES)
+    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+        # nearly constant up to the top 0.2 %: fall back on the full range, or give zeros
+        lo, hi = float(grey.min()), float(grey.max())
+        if hi - lo <= 0:
+            return np.zeros(grey.shape, dtype=np.float32)
+    out = (grey - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)

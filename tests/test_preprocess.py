@@ -1,0 +1,140 @@
+"""core.preprocess: grey conversion and the two input modes."""
+
+import numpy as np
+import pytest
+
+from napari_semiconv.core.preprocess import INPUT_MODES, check_input_mode, normalise, to_grey
+
+
+def test_to_grey_keeps_grey_values_and_returns_a_float32_copy():
+    image = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
+    grey = to_grey(image)
+    assert grey.dtype == np.float32 and grey.shape == (3, 4)
+    np.testing.assert_array_equal(grey, image.astype(np.float32))
+    f32 = np.ones((4, 5), np.float32)
+    out = to_grey(f32)
+    out[0, 0] = 7
+    assert f32[0, 0] == 1  # the caller's array is untouched
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int16, np.int64, np.float16, np.float64])
+def test_to_grey_accepts_common_dtypes(dtype):
+    image = (np.eye(5) * 1).astype(dtype)
+    grey = to_grey(image)
+    assert grey.dtype == np.float32
+    np.testing.assert_array_equal(grey, np.eye(5, dtype=np.float32))
+
+
+def test_rgb_and_rgba_become_luminance_with_alpha_dropped():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[0, 2] = (0, 0, 255)
+    rgb[1] = 100  # grey pixels keep their value
+    grey = to_grey(rgb)
+    assert grey.shape == (2, 3)
+    np.testing.assert_allclose(grey[0], 255 * np.array([0.2126, 0.7152, 0.0722]), rtol=1e-5)
+    np.testing.assert_allclose(grey[1], 100, rtol=1e-5)
+    rgba = np.concatenate([rgb, np.full((2, 3, 1), 17, np.uint8)], axis=-1)
+    np.testing.assert_allclose(to_grey(rgba), grey)
+
+
+def test_singleton_axes_are_dropped():
+    assert to_grey(np.ones((1, 6, 7))).shape == (6, 7)
+    assert to_grey(np.ones((6, 7, 1))).shape == (6, 7)
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        (np.zeros((0, 5)), "empty"),
+        (np.zeros((2, 8, 8)), "2-D plane"),  # a stack: which plane?
+        (np.zeros((3, 8, 8)), "colour axis last"),  # channel-first
+        (np.zeros((2, 2, 8, 8)), "2-D plane"),
+    ],
+)
+def test_to_grey_rejects_ambiguous_or_empty_images(image, words):
+    with pytest.raises(ValueError, match=words):
+        to_grey(image)
+
+
+def test_nan_and_inf_are_rejected_with_their_count():
+    image = np.ones((4, 4))
+    image[0, 0] = np.nan
+    image[1, 1] = np.inf
+    image[2, 2] = -np.inf
+    with pytest.raises(ValueError, match="3 NaN or infinite"):
+        to_grey(image)
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        normalise(np.array([[1e300, 0.0]]), "brightfield")  # overflows float32
+    with pytest.raises(ValueError, match="NaN"):
+        normalise(image, "binary")
+
+
+def test_non_numeric_images_raise_type_error():
+    with pytest.raises(TypeError, match="numeric"):
+        to_grey(np.array([["a", "b"]]))
+    with pytest.raises(TypeError, match="numeric"):
+        to_grey(np.ones((3, 3), dtype=complex))
+
+
+def test_input_modes_are_checked():
+    assert INPUT_MODES == ("binary", "brightfield")
+    assert check_input_mode(" Brightfield ") == "brightfield"
+    with pytest.raises(ValueError, match="'binary', 'brightfield'"):
+        normalise(np.ones((3, 3)), "fluorescence")
+
+
+@pytest.mark.parametrize(
+    "fg, dtype", [(1, np.uint8), (255, np.uint8), (65535, np.uint16), (True, bool), (0.7, float)]
+)
+def test_binary_accepts_any_two_level_mask(fg, dtype):
+    mask = np.zeros((6, 6), dtype=dtype)
+    mask[2:4, 1:5] = fg
+    out = normalise(mask, "binary")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, (mask != 0).astype(np.float32))
+
+
+def test_binary_thresholds_soft_masks_at_half_the_maximum():
+    soft = np.array([[0.0, 0.1, 0.49, 0.51, 0.9, 1.0]]) * 200
+    np.testing.assert_array_equal(normalise(soft, "binary"), [[0, 0, 0, 1, 1, 1]])
+    rgba = np.zeros((3, 3, 4), np.uint8)
+    rgba[1, 1] = (255, 255, 255, 255)  # like BBBC010's foreground PNGs
+    np.testing.assert_array_equal(normalise(rgba, "binary"), np.eye(3)[[1]].T @ np.eye(3)[[1]])
+
+
+def test_binary_label_images_keep_every_label():
+    labels = np.zeros((5, 5), np.uint16)
+    labels[0, 0], labels[2, 2], labels[4, 4] = 1, 2, 40  # 1 < 40 / 2 must stay foreground
+    np.testing.assert_array_equal(normalise(labels, "binary"), np.diag([1, 0, 1, 0, 1]))
+
+
+def test_binary_empty_foreground_is_all_zero():
+    out = normalise(np.zeros((4, 4), np.uint8), "binary")
+    assert out.dtype == np.float32 and not out.any()
+
+
+def test_brightfield_maps_robust_percentiles_to_unit_range():
+    rng = np.random.default_rng(0)
+    image = rng.normal(2000, 300, (100, 100)).astype(np.uint16)
+    image[0, :5] = 65535  # hot pixels must not set the top
+    out = normalise(image, "brightfield")
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out.min() == 0.0 and out.max() == 1.0
+    lo, hi = np.percentile(image.astype(np.float32), (1, 99.8))
+    np.testing.assert_allclose(np.median(out), (np.median(image) - lo) / (hi - lo), atol=1e-3)
+    assert (out == 1.0).mean() < 0.01  # only the top 0.2 % (and hot pixels) saturate
+    # dark worms stay dark (no inversion)
+    image[40:60, 40:60] = 500
+    assert normalise(image, "brightfield")[50, 50] == 0.0
+
+
+def test_brightfield_constant_and_nearly_constant_images_do_not_divide_by_zero():
+    const = np.full((8, 8), 1234, np.uint16)
+    out = normalise(const, "brightfield")
+    assert np.isfinite(out).all() and not out.any()
+    spot = np.zeros((40, 40), np.float32)
+    spot[0, 0] = 5.0  # 99.8th percentile == 1st percentile: fall back on min/max
+    out = normalise(spot, "brightfield")
+    assert out[0, 0] == 1.0 and out.sum() == 1.0
