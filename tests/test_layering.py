@@ -31,7 +31,8 @@ def _imported_after(code: str) -> set[str]:
     ],
 )
 def test_core_and_cli_never_import_gui(module):
-    mods = _imported_after(f"import {module}; import napari_semiconv.cli.main as m; m.build_parser()")
+    code = f"import {module}; import napari_semiconv.cli.main as m; m.build_parser()"
+    mods = _imported_after(code)
     leaked = sorted(set(GUI_MODULES) & mods)
     assert not leaked, f"{module} imports GUI modules {leaked}"
 

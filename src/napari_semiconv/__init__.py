@@ -1,4 +1,6 @@
-"""napari-semiconv: semi-convolutional Mask R-CNN for worm segmentation, as a library, CLI and napari plugin.
+"""napari-semiconv: semi-convolutional Mask R-CNN for worm segmentation.
+
+A library, a CLI and a napari plugin in one package.
 
 The top-level names are loaded lazily so that napari can read the plugin manifest without
 importing torch.

@@ -24,10 +24,11 @@ SUBCOMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-semiconv",
-        description="Semi-convolutional Mask R-CNN for worm segmentation (Novotny et al., ECCV 2018).",
+        description="Semi-convolutional Mask R-CNN for worm segmentation "
+        "(Novotny et al., ECCV 2018).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         try:
             mod = importlib.import_module(f"napari_semiconv.cli.{module}")
         except ModuleNotFoundError as exc:  # a sub-command not built in this checkout

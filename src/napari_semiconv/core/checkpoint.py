@@ -19,6 +19,7 @@ import hashlib
 import os
 import pickle
 import platform
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,8 @@ def _read(path: Path) -> Any:
     is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     if not (is_zip or is_pickle) and _looks_like_text(head):
         raise _fail(path, "is a text file, not a checkpoint")
+    if is_zip:
+        _check_zip_crcs(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -215,6 +218,35 @@ def _read(path: Path) -> Any:
         else:
             reason = "not a PyTorch checkpoint"
         raise _fail(path, f"{reason} ({type(exc).__name__}: {_first_line(str(exc))})") from exc
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """Refuse a zip checkpoint whose records fail their CRC-32.
+
+    torch.load does not verify the CRCs that torch.save writes, so flipped bytes inside a
+    tensor (a damaged copy or disk) would load silently as wrong weights. Reading each record
+    to its end through ``zipfile`` checks its CRC. Only uncompressed records (what torch
+    writes) with a CRC are read, so the cost is bounded by the file size; a file that does not
+    open as a zip is left to torch.load to name.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    with archive:
+        for info in archive.infolist():
+            if info.CRC == 0 or info.is_dir() or info.compress_type != zipfile.ZIP_STORED:
+                continue  # torch stores records uncompressed: no inflating of hostile zips
+            try:
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                raise _fail(
+                    path,
+                    f"corrupt file: record {info.filename!r} is damaged ({exc}); a broken "
+                    "download, copy or disk? copy the file again",
+                ) from exc
 
 
 def _first_line(message: str) -> str:

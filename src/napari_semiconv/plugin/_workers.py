@@ -21,6 +21,14 @@ from ..core.visualise import LayerViews, build_views, iter_planes, leading_shape
 OVERLAP = 64
 
 
+def tile_overlap(tile_size: int | None) -> int:
+    """The overlap for a tile size: ``OVERLAP``, less for tiles under 130 px, since the core
+    needs overlap < tile_size / 2 (the widget has no overlap field for the user to fix)."""
+    if tile_size is None:
+        return OVERLAP
+    return max(0, min(OVERLAP, (int(tile_size) - 1) // 2))
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """Everything a run needs, captured on the GUI thread when Segment is clicked."""
@@ -113,7 +121,10 @@ def run_segmentation(
     try:
         result = yield from _run(request, cache)
     except RuntimeError as exc:
-        raise SegmentationError(f"{type(exc).__name__}: {exc}") from exc
+        hint = ""
+        if "out of memory" in str(exc).lower():  # torch.OutOfMemoryError (CUDA or MPS)
+            hint = "; set a smaller Tile size, or choose the cpu Device"
+        raise SegmentationError(f"{type(exc).__name__}: {exc}{hint}") from exc
     return result
 
 
@@ -130,7 +141,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "score_threshold": request.score_threshold,
         "mask_threshold": request.mask_threshold,
         "tile_size": request.tile_size,
-        "overlap": OVERLAP,
+        "overlap": tile_overlap(request.tile_size),
     }
     planes: list[tuple[tuple[int, ...], Any]] = []
     for p, (index, plane) in enumerate(iter_planes(request.data, request.rgb)):

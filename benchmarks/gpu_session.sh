@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one device call behind docs/benchmarks.md: 5-fold cross-validation of three recipes in
+# parallel on one GPU, the bundled models cut from fold 0, and the GPU speed benchmark.
+# Run from the repository root on the GPU machine, with the BBBC010 training wells copied to
+# gpu_data/bbbc010/train (w2 images, eachworm/, foreground/) and wheels for missing packages in .whl/.
+#   BUDGET=330 bash benchmarks/gpu_session.sh
+set -u
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+out=${OUT:-out}
+mkdir -p "$out" runs
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+python3 benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
+  --recipes "${RECIPES:-binary-semiconv,binary-plain,brightfield-semiconv}" \
+  --time-budget "${BUDGET:-330}" --device "${DEVICE:-cuda}" --batch-size "${BATCH:-4}" \
+  --crop "${CROP:-0}" --lr "${LR:-0.01}" --extra "${EXTRA:-}" 2>&1 | tee runs/crossval.log
+for r in binary brightfield; do
+  if [ -f "runs/cv/$r-semiconv.fold0.pt" ]; then
+    python3 benchmarks/make_bundled.py strip "runs/cv/$r-semiconv.fold0.pt" "runs/worms-$r.pt"
+    split -b 15m "runs/worms-$r.pt" "$out/worms-$r.pt.part-"
+  fi
+done
+python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
+  --models runs/worms-brightfield.pt,runs/worms-binary.pt --json-out runs/speed_gpu.json 2>&1 | tail -8
+tar czf "$out/results.tgz" runs/crossval.log runs/cv/*.json runs/cv/*.md runs/cv/*.log runs/speed_gpu.json 2>/dev/null; cp runs/cv/crossval.json runs/speed_gpu.json "$out/" 2>/dev/null
+ls -la "$out"

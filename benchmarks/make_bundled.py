@@ -1,0 +1,90 @@
+"""Turn a trained checkpoint into a bundled model: fp16 weights, no training state, a model card
+with the cross-validation metrics, and its sha256 recorded in the package's registry.
+
+Two steps, because the GPU machine returns files of at most 16 MB:
+    # on the training machine: strip the optimizer state and halve the weights
+    python benchmarks/make_bundled.py strip runs/cv/binary-semiconv-fold0.pt worms-binary.pt
+    # here: write src/napari_semiconv/models/<name>.pt + registry.json
+    python benchmarks/make_bundled.py bundle worms-binary.pt worms-binary \
+        --crossval docs/crossval.json --recipe binary-semiconv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_semiconv.core.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    sha256_file,
+)
+from napari_semiconv.core.model_store import BUNDLED_DIR
+
+MAX_BYTES = 30 * 1024 * 1024
+
+
+def strip(src: str, dst: str) -> Path:
+    ckpt = load_checkpoint(src)
+    model = model_from_checkpoint(ckpt, device="cpu")
+    return save_checkpoint(dst, model, ckpt.card, train_state=None, half=True)
+
+
+def bundle(src: str, name: str, crossval: str | None, recipe: str | None) -> Path:
+    ckpt = load_checkpoint(src)
+    model = model_from_checkpoint(ckpt, device="cpu")
+    card = dict(ckpt.card)
+    card["name"] = name
+    if crossval:
+        report = json.loads(Path(crossval).read_text())
+        card["cross_validation"] = {
+            "recipe": recipe,
+            "protocol": f"{report['folds']}-fold CV over the 50 BBBC010 training wells",
+            "device": report.get("device"),
+            "metrics": report["summary"].get(recipe, {}),
+        }
+    BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
+    dst = BUNDLED_DIR / f"{name}.pt"
+    save_checkpoint(dst, model, card, train_state=None, half=True, overwrite=True)
+    size = dst.stat().st_size
+    if size > MAX_BYTES:
+        dst.unlink()
+        raise SystemExit(f"{dst} is {size / 2**20:.1f} MB, over the 30 MB limit for bundled models")
+    reg_path = BUNDLED_DIR / "registry.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {}
+    reg[name] = {
+        "file": dst.name,
+        "sha256": sha256_file(dst),
+        "input_mode": ckpt.config.input_mode,
+        "backbone": ckpt.config.backbone,
+        "bytes": size,
+    }
+    reg_path.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+    print(f"{dst}: {size / 2**20:.1f} MB, sha256 {reg[name]['sha256']}")
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("strip")
+    s.add_argument("src")
+    s.add_argument("dst")
+    b = sub.add_parser("bundle")
+    b.add_argument("src")
+    b.add_argument("name")
+    b.add_argument("--crossval")
+    b.add_argument("--recipe")
+    args = p.parse_args(argv)
+    if args.cmd == "strip":
+        print(strip(args.src, args.dst))
+    else:
+        bundle(args.src, args.name, args.crossval, args.recipe)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

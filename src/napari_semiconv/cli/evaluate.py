@@ -1,0 +1,70 @@
+"""`napari-semiconv evaluate`: COCO mask AP and PatchPerPix S/avS of a model on a data folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from napari_semiconv.cli.common import add_data_arguments, split_wells
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model on annotated images (COCO mask AP, avS)",
+        description="Segment every image of --data with --model and score against its labels. "
+        "With --json the last line of the output is one JSON object with the summary.",
+    )
+    p.add_argument("--model", required=True, help="model name (see `models`) or checkpoint path")
+    add_data_arguments(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--mask-threshold", type=float, default=0.5)
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
+    p.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
+    p.set_defaults(run=run)
+    return p
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_semiconv.core.evaluation import evaluate
+    from napari_semiconv.core.inference import load_model, segment
+    from napari_semiconv.core.training_data import read_samples
+
+    model = load_model(args.model, device=args.device)
+    mode = model.config.input_mode
+    if args.input and args.input != mode:
+        raise ValueError(
+            f"--input {args.input} does not match the model's input mode {mode!r}; "
+            f"drop --input or pass --input {mode}"
+        )
+    samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
+    predictions = []
+    for i, sample in enumerate(samples):
+        predictions.append(
+            segment(
+                model,
+                sample.image,
+                score_threshold=args.score_threshold,
+                mask_threshold=args.mask_threshold,
+                tile_size=args.tile_size,
+                preprocessed=True,
+            )
+        )
+        print(f"[{i + 1}/{len(samples)}] {sample.name}: {len(predictions[-1])} worms", flush=True)
+    result = evaluate(predictions, [s.masks for s in samples], names=[s.name for s in samples])
+    print(result.format())
+    if args.json:
+        summary = {k: _clean(v) for k, v in result.summary.items()}
+        print(json.dumps(summary, sort_keys=True))
+    return 0

@@ -1,0 +1,113 @@
+"""`napari-semiconv predict`: segment image files and write the four outputs of each run.
+
+For every IMAGE: ``<stem>_labels.tif``, ``<stem>_instances.tif``, ``<stem>_measurements.csv`` and
+``<stem>_run.json`` in --out (``core.export.write_run_outputs``; existing files are never
+overwritten). ``--from-run RUN.json`` takes the model and settings from a run record, as written
+by this command or by the napari widget's Export, so a GUI run can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+#: Settings recorded in a run record and replayed by --from-run, with their defaults.
+DEFAULTS = {
+    "score_threshold": 0.5,
+    "mask_threshold": 0.5,
+    "tile_size": None,
+    "overlap": 64,
+    "batch_size": 1,
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images and write labels, instances, measurements and a run record",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF/PNG/JPEG images")
+    p.add_argument("--model", help="model name (see `models`) or checkpoint path")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--mask-threshold", type=float)
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 64)")
+    p.add_argument("--from-run", metavar="RUN.json", help="replay the model + settings of a run")
+    p.set_defaults(run=run)
+    return p
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as an array (TIFF via tifffile, others via scikit-image)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    from skimage.io import imread
+
+    return imread(path)
+
+
+def _model_from_run(record: dict, device: str):
+    """Load the run's model, preferring its recorded file and checking its sha256."""
+    from napari_semiconv.core.inference import load_model
+
+    info = record.get("model") or {}
+    path, name, sha = info.get("path"), info.get("name"), info.get("sha256")
+    target = path if path and Path(path).is_file() else name
+    if not target:
+        raise ValueError("the run record names no model (its 'model' entry has no path or name)")
+    model = load_model(target, device=device)
+    if sha and model.source.get("sha256") != sha:
+        raise ValueError(
+            f"the model {target} is not the one the run used (sha256 {model.source['sha256']} "
+            f"!= {sha}); find the original file or pass --model to run with another"
+        )
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_semiconv.core.export import read_run_json, write_run_outputs
+    from napari_semiconv.core.inference import load_model, run_info, segment
+
+    settings = dict(DEFAULTS)
+    if args.from_run:
+        record = read_run_json(args.from_run)
+        recorded = record.get("settings") or {}
+        settings.update({k: recorded[k] for k in DEFAULTS if k in recorded})
+        if args.model:  # an explicit --model replaces the recorded one
+            model = load_model(args.model, device=args.device)
+        else:
+            model = _model_from_run(record, args.device)
+    elif args.model:
+        model = load_model(args.model, device=args.device)
+    else:
+        raise ValueError("give --model (a name or checkpoint path) or --from-run RUN.json")
+    for key in ("score_threshold", "mask_threshold", "tile_size", "overlap"):
+        value = getattr(args, key)
+        if value is not None:  # an explicit flag wins over the run record
+            settings[key] = value
+    out = Path(args.out)
+    stems = [Path(p).stem for p in args.images]
+    if len(set(stems)) != len(stems):
+        raise ValueError("two images share a file stem; their outputs would collide")
+    for i, image_path in enumerate(args.images):
+        image = read_image(image_path)
+        instances = segment(model, image, **settings)
+        info = run_info(model, settings)
+        info["image"] = {"path": str(Path(image_path).resolve()), "shape": list(image.shape)}
+        paths = write_run_outputs(out, Path(image_path).stem, instances, info)
+        print(
+            f"[{i + 1}/{len(args.images)}] {image_path}: {len(instances)} worms -> "
+            f"{paths['labels'].parent}",
+            flush=True,
+        )
+    return 0

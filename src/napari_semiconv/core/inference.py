@@ -1,0 +1,320 @@
+"""Segment worms in an image with a trained model: `segment_steps`, `segment`, `Instances`.
+
+The model runs at the image's own pixel scale (see :func:`native_scale`): worms are as many
+pixels wide in a tile as they were in the training crops, whatever the image size. Images larger
+than ``tile_size`` are cut into overlapping tiles (``core.tiling``) whose instances are merged
+and whose displacement fields Φ (eq. 4/6) are stitched.
+
+Models are found by :func:`load_model` (``core.model_store``, re-exported here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_semiconv.core.measurements import labels_from_instances
+from napari_semiconv.core.model_store import list_models, load_model, model_source
+from napari_semiconv.core.preprocess import normalise, to_grey
+from napari_semiconv.core.tiling import Candidate, merge_candidates, tile_grid
+
+__all__ = [
+    "Instances",
+    "SegmentProgress",
+    "AUTO_TILE_SIZE",
+    "list_models",
+    "load_model",
+    "native_scale",
+    "run_info",
+    "segment",
+    "segment_steps",
+]
+
+#: With ``tile_size=None`` images larger than this on a side are tiled with tiles of this size.
+AUTO_TILE_SIZE = 1024
+
+
+@dataclass
+class Instances:
+    """Worms found in one image.
+
+    Attributes:
+        masks: (N, H, W) bool, one mask per worm; masks may overlap.
+        scores: (N,) float32 detection scores, decreasing.
+        displacement: (2, H, W) float32, Φ's first two dims (rows, cols) in pixels: every pixel
+            of worm k points to its centre c_k = u + Φ_u (eq. 4). Zeros for a baseline model.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    displacement: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def labels(self) -> np.ndarray:
+        """(H, W) label image (uint16; uint32 beyond 65535 worms); overlaps: higher score wins."""
+        return labels_from_instances(self.masks, self.scores)
+
+
+@dataclass
+class SegmentProgress:
+    """A step of :func:`segment_steps`: ``done`` of ``total`` tiles processed."""
+
+    done: int
+    total: int
+    message: str
+
+
+def _identity_resize(image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
+    return image, target
+
+
+@contextlib.contextmanager
+def native_scale(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` (a SemiConvMaskRCNN, or DDP around one) at the input's own pixel scale.
+
+    torchvision's transform resizes every image so its short side is ``min_size``; for crops and
+    tiles of another size than the training images that would change the worms' size in pixels.
+    Training and inference both run at scale 1 instead (mean/std normalisation and batching by
+    padding still apply), so a model sees worms at the microscope's scale in both.
+    """
+    transform = getattr(model, "module", model).transform
+    if "resize" in vars(transform):  # already at native scale (nested or concurrent use)
+        yield
+        return
+    transform.resize = _identity_resize  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        vars(transform).pop("resize", None)
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"image must be a numpy array (H, W) or (H, W, 3/4), got {type(image).__name__}"
+        )
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.number)):
+        raise TypeError(f"image must hold numbers, got dtype {image.dtype}")
+    grey = to_grey(image)
+    if min(grey.shape) < 16:
+        raise ValueError(
+            f"image of {grey.shape[0]}x{grey.shape[1]} pixels is too small to segment "
+            "(at least 16 pixels on a side)"
+        )
+    return grey
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def segment_steps(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    tile_size: int | None = None,
+    overlap: int = 64,
+    batch_size: int = 1,
+    preprocessed: bool = False,
+) -> Generator[SegmentProgress, None, Instances]:
+    """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
+
+    Cancel by no longer iterating (or ``.close()``): nothing is left running. ``segment`` runs
+    the generator to the end.
+
+    Args:
+        model: from :func:`load_model` (or ``build_model``); its card's input mode decides the
+            preprocessing: ``core.preprocess.to_grey`` then ``normalise(.., config.input_mode)``.
+        image: (H, W) grey, or (H, W, 3) RGB / (H, W, 4) RGBA (alpha ignored), any numeric dtype.
+        score_threshold: keep detections scoring at least this.
+        mask_threshold: a pixel belongs to a worm where its mask probability exceeds this.
+        tile_size: side of a tile in pixels; None = tile only images larger than
+            ``AUTO_TILE_SIZE`` on a side.
+        overlap: overlap of neighbouring tiles in pixels (make it at least a worm's width).
+        batch_size: tiles per forward pass.
+        preprocessed: ``image`` is already a normalised (H, W) float32 (the trainer's samples).
+
+    Memory: one batch of tiles through the network at a time; worms found so far are kept as
+    crops to their boxes; the result holds N·H·W bytes of masks plus 8·H·W bytes of Φ.
+
+    Raises:
+        TypeError: image is not a numeric array.
+        ValueError: wrong shape, NaN/inf pixels, smaller than 16 px, or bad thresholds.
+    """
+    for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if preprocessed:
+        grey = np.asarray(image, dtype=np.float32)
+        if grey.ndim != 2:
+            raise ValueError(f"a preprocessed image must be (H, W), got {grey.shape}")
+    else:
+        grey = normalise(_check_image(image), model.config.input_mode)
+    height, width = grey.shape
+    if tile_size is None:
+        tile_size = AUTO_TILE_SIZE if max(height, width) > AUTO_TILE_SIZE else max(height, width)
+    tiles = tile_grid(height, width, int(tile_size), int(overlap))
+    displacement = np.zeros((2, height, width), dtype=np.float32)
+    if float(grey.max()) == float(grey.min()):
+        # a constant image carries nothing to segment; an untrained or weak detector could
+        # still fire on it, so it is not shown to the network at all
+        yield SegmentProgress(len(tiles), len(tiles), "blank image: nothing to segment")
+        return Instances(np.zeros((0, height, width), bool), np.zeros(0, np.float32), displacement)
+
+    device = _device_of(model)
+    candidates: list[Candidate] = []
+    yield SegmentProgress(0, len(tiles), f"segmenting {len(tiles)} tile(s)")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start : start + batch_size]
+            inputs = [
+                torch.from_numpy(np.ascontiguousarray(grey[t.y0 : t.y1, t.x0 : t.x1]))[None].to(
+                    device
+                )
+                for t in batch
+            ]
+            with torch.inference_mode(), native_scale(model):
+                outputs = model(inputs)
+            for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
+                _collect(candidates, start + offset, tile, out, score_threshold, mask_threshold)
+                phi = out["displacement"].float().cpu().numpy()
+                displacement[:, tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = phi[
+                    :,
+                    tile.cy0 - tile.y0 : tile.cy1 - tile.y0,
+                    tile.cx0 - tile.x0 : tile.cx1 - tile.x0,
+                ]
+            done = min(start + batch_size, len(tiles))
+            yield SegmentProgress(done, len(tiles), f"tile {done}/{len(tiles)}")
+    finally:
+        model.train(was_training)
+    masks, scores = merge_candidates(candidates, tiles, height, width)
+    return Instances(masks, scores, displacement)
+
+
+def _collect(
+    candidates: list[Candidate],
+    index: int,
+    tile: Any,
+    out: dict[str, torch.Tensor],
+    score_threshold: float,
+    mask_threshold: float,
+) -> None:
+    """Append the tile's detections above the thresholds, as box crops in image coordinates."""
+    keep = out["scores"] >= score_threshold
+    scores = out["scores"][keep].float().cpu().numpy()
+    probs = out["masks"][keep][:, 0]
+    for k in range(probs.shape[0]):
+        mask = (probs[k] > mask_threshold).cpu().numpy()
+        rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+        if not rows.any():
+            continue  # a box whose mask is empty at this threshold is no worm
+        y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
+        x0, x1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
+        candidates.append(
+            Candidate(
+                index,
+                tile.y0 + int(y0),
+                tile.x0 + int(x0),
+                mask[y0:y1, x0:x1].copy(),
+                float(scores[k]),
+            )
+        )
+
+
+def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instances:
+    """Segment ``image`` in one call; the arguments are :func:`segment_steps`'s."""
+    steps = segment_steps(model, image, **kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def segment_batch(
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+) -> list[Instances]:
+    """Segment several images in one forward pass (throughput on a GPU); one Instances each.
+
+    Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
+    through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
+    """
+    greys = [normalise(_check_image(im), model.config.input_mode) for im in images]
+    for i, grey in enumerate(greys):
+        if max(grey.shape) > AUTO_TILE_SIZE:
+            raise ValueError(
+                f"image {i} is {grey.shape[0]}×{grey.shape[1]}, larger than one tile "
+                f"({AUTO_TILE_SIZE} px); segment it with segment(), which tiles it"
+            )
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), native_scale(model):
+            outputs = model(
+                [torch.from_numpy(np.ascontiguousarray(g))[None].to(device) for g in greys]
+            )
+    finally:
+        model.train(was_training)
+    results = []
+    for grey, out in zip(greys, outputs, strict=True):
+        height, width = grey.shape
+        tiles = tile_grid(height, width, max(height, width), 0)
+        candidates: list[Candidate] = []
+        _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold)
+        masks, scores = merge_candidates(candidates, tiles, height, width)
+        phi = out["displacement"].float().cpu().numpy()
+        results.append(Instances(masks, scores, phi))
+    return results
+
+
+def run_info(
+    model: torch.nn.Module, settings: dict[str, Any], device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Everything needed to replay a run: model (name, path, sha256), settings, versions, device.
+
+    ``predict --from-run RUN.json`` and the napari widget read the same record back.
+    """
+    import torchvision
+
+    from napari_semiconv import __version__
+
+    if device is None:
+        device = _device_of(model)
+    card = getattr(model, "card", {}) or {}
+    return {
+        "model": {
+            **model_source(model),
+            "input_mode": model.config.input_mode,
+            "card_name": card.get("name"),
+        },
+        "settings": dict(settings),
+        "versions": {
+            "napari_semiconv": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "device": str(device),
+    }

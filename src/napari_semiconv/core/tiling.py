@@ -1,0 +1,185 @@
+"""Tiling of large images and merging of the instances found in overlapping tiles.
+
+A tile is a window of at most ``tile_size`` pixels on a side; neighbouring tiles overlap by
+``overlap`` pixels. Each tile owns a *core*: the part of the image closer to its centre than to
+any neighbour's (cut at the middle of each overlap), so the cores partition the image. The
+displacement field Φ (eq. 4/6: a per-pixel vector, translation-equivariant) is stitched by
+copying each tile's core.
+
+Instances are merged across tiles by their agreement *inside the shared overlap*: two candidates
+from different tiles are the same worm when the IoU of their masks restricted to the pixels both
+tiles see exceeds 0.5. A merged worm is the union of its pieces, so a worm longer than one tile
+(cut by every tile border) is reassembled. Candidates of one tile are never merged with each
+other: the detector's own output keeps overlapping worms apart.
+
+Candidates are stored as crops to their bounding box, so memory grows with the worms, not with
+the number of tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Tile", "Candidate", "tile_grid", "merge_candidates", "MERGE_IOU"]
+
+#: Overlap-restricted IoU above which two pieces from different tiles are one worm.
+MERGE_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window ``[y0:y1, x0:x1]`` and its core ``[cy0:cy1, cx0:cx1]`` (image coordinates)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    cy0: int
+    cy1: int
+    cx0: int
+    cx1: int
+
+
+@dataclass
+class Candidate:
+    """One instance found in one tile: a bool mask cropped to its box (image coordinates)."""
+
+    tile: int
+    y0: int
+    x0: int
+    mask: np.ndarray  # (h, w) bool, the crop at (y0, x0)
+    score: float
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.mask.shape[0]
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.mask.shape[1]
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Window starts on one axis: stride ``tile - overlap``, the last window flush with the end."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
+    """Core of each window: cut halfway through the overlap with each neighbour."""
+    cores = []
+    for i, s in enumerate(starts):
+        lo = 0 if i == 0 else (s + starts[i - 1] + tile) // 2
+        hi = length if i == len(starts) - 1 else (starts[i + 1] + s + tile) // 2
+        cores.append((lo, hi))
+    return cores
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+    """Windows covering an image, row-major; a single window when the image fits in one.
+
+    Raises:
+        ValueError: ``tile_size`` < 32 or ``overlap`` not in [0, tile_size / 2).
+    """
+    if tile_size < 32:
+        raise ValueError(f"tile_size must be at least 32 pixels, got {tile_size}")
+    if height <= tile_size and width <= tile_size:
+        return [Tile(0, height, 0, width, 0, height, 0, width)]  # one tile: no overlap needed
+    if not 0 <= overlap < tile_size / 2:
+        raise ValueError(
+            f"overlap must be in [0, tile_size / 2) = [0, {tile_size / 2:g}), got {overlap}"
+        )
+    ys, xs = _starts(height, tile_size, overlap), _starts(width, tile_size, overlap)
+    ycores, xcores = _cores(ys, tile_size, height), _cores(xs, tile_size, width)
+    tiles = []
+    for y, (cy0, cy1) in zip(ys, ycores, strict=True):
+        for x, (cx0, cx1) in zip(xs, xcores, strict=True):
+            tiles.append(
+                Tile(
+                    y, min(y + tile_size, height), x, min(x + tile_size, width), cy0, cy1, cx0, cx1
+                )
+            )
+    return tiles
+
+
+def _shared_window(a: Tile, b: Tile) -> tuple[int, int, int, int] | None:
+    y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
+    x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return y0, y1, x0, x1
+
+
+def _crop(c: Candidate, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``c``'s mask on the window [y0:y1, x0:x1] (zeros where the crop does not reach)."""
+    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    sy0, sy1 = max(y0, c.y0), min(y1, c.y1)
+    sx0, sx1 = max(x0, c.x0), min(x1, c.x1)
+    if sy0 < sy1 and sx0 < sx1:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = c.mask[
+            sy0 - c.y0 : sy1 - c.y0, sx0 - c.x0 : sx1 - c.x0
+        ]
+    return out
+
+
+def _same_worm(a: Candidate, b: Candidate, tiles: list[Tile]) -> bool:
+    window = _shared_window(tiles[a.tile], tiles[b.tile])
+    if window is None:
+        return False
+    ma, mb = _crop(a, *window), _crop(b, *window)
+    union = np.count_nonzero(ma | mb)
+    return union > 0 and np.count_nonzero(ma & mb) / union > MERGE_IOU
+
+
+def merge_candidates(
+    candidates: list[Candidate], tiles: list[Tile], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge pieces of one worm found in several tiles (see the module docstring).
+
+    Returns:
+        masks (N, height, width) bool and scores (N,) float32 (a merged worm keeps its best
+        piece's score), ordered by decreasing score.
+    """
+    n = len(candidates)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if n > 1:
+        boxes = np.array([(c.y0, c.y1, c.x0, c.x1) for c in candidates])
+        tile_of = np.array([c.tile for c in candidates])
+        for i in range(n):
+            # only pieces from other tiles whose boxes touch this one can be the same worm
+            near = np.nonzero(
+                (tile_of[i + 1 :] != tile_of[i])
+                & (boxes[i + 1 :, 0] < boxes[i, 1])
+                & (boxes[i + 1 :, 1] > boxes[i, 0])
+                & (boxes[i + 1 :, 2] < boxes[i, 3])
+                & (boxes[i + 1 :, 3] > boxes[i, 2])
+            )[0]
+            for j in near + i + 1:
+                if find(i) != find(j) and _same_worm(candidates[i], candidates[j], tiles):
+                    parent[find(j)] = find(i)
+
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    merged = sorted(groups.values(), key=lambda g: -max(candidates[i].score for i in g))
+    masks = np.zeros((len(merged), height, width), dtype=bool)
+    scores = np.zeros(len(merged), dtype=np.float32)
+    for k, group in enumerate(merged):
+        for i in group:
+            c = candidates[i]
+            masks[k, c.y0 : c.y1, c.x0 : c.x1] |= c.mask
+        scores[k] = max(candidates[i].score for i in group)
+    return masks, scores

@@ -1,0 +1,549 @@
+"""The trainer: `train(config)` is a generator of progress events; stop iterating to cancel.
+
+Recipe (METHOD.md sec. 4, the paper sec. 4.3): SGD with momentum 0.9 and weight decay 1e-4,
+linear warm-up, then step (÷10 at fixed fractions of the run) or cosine decay; gradient-norm
+clipping at 10; bf16 autocast on CUDA. The two-stage schedule of sec. 4.3 is
+``base=<plain Mask R-CNN checkpoint>`` with ``model.semiconv=True``: the baseline's weights are
+loaded and the embedding head and σ (eq. 10) start fresh.
+
+Determinism and resuming: the batch of step s (which samples, their augmentation, the synthetic
+worms mixed in, torch's RoI sampling) is drawn from generators seeded by (seed, s, rank) only, so
+a run resumed from a checkpoint at step s continues exactly as the uninterrupted run would; the
+checkpoint's ``train_state`` holds the optimizer state, the step and the best validation AP.
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) the same call joins the process group (gloo on
+CPU, nccl on CUDA), wraps the model in DistributedDataParallel, gives each rank a disjoint share
+of every epoch (DistributedSampler) and lets rank 0 alone write checkpoints and validate.
+
+Checkpoints are written atomically (``core.checkpoint.save_checkpoint``), so cancelling, a crash,
+or a NaN loss (which stops the run with :class:`TrainingDiverged`) leaves the last good file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
+
+from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_semiconv.core.data.augment import augment
+from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.devices import resolve_device
+from napari_semiconv.core.model.builder import build_model, load_baseline_weights
+from napari_semiconv.core.model.config import ModelConfig
+from napari_semiconv.core.training_data import (
+    batch_indices,
+    load_samples,
+    random_crop,
+    sample_to_target,
+    synthetic_sample,
+)
+
+__all__ = [
+    "TrainConfig",
+    "TrainProgress",
+    "TrainingDiverged",
+    "best_path",
+    "fold_config",
+    "kfold",
+    "lr_factor",
+    "train",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (a plain record: the napari widget and the CLI fill it).
+
+    Data: ``samples`` (normalised for ``model.input_mode``) or ``data_root`` + ``layout``
+    ("bbbc010" with optional ``wells`` / "folders"); validation: ``val_samples`` or ``val_wells``.
+    ``synthetic_fraction`` of the batch items are synthetic worms (all when there is no data).
+
+    Schedule: ``iterations`` steps of ``batch_size`` images per process; the learning rate warms
+    up linearly over ``warmup_iters`` from ``lr * warmup_factor``, then follows ``schedule``:
+    "step" (×0.1 at each fraction in ``lr_steps``) or "cosine" (to 0 at the end).
+
+    Output: ``out`` (the last checkpoint, every ``checkpoint_every`` steps and at the end) and
+    :func:`best_path` (the best validation AP, checked every ``eval_every`` steps and at the end).
+    ``resume=True`` continues from ``out``; without it an existing ``out`` is an error.
+    ``base``: fine-tune from this checkpoint; ``train_heads_only`` freezes the backbone + FPN.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    samples: list[Sample] = field(default_factory=list)
+    val_samples: list[Sample] = field(default_factory=list)
+    data_root: str | None = None
+    layout: str = "bbbc010"
+    wells: list[str] | None = None
+    val_wells: list[str] | None = None
+    iterations: int = 1000
+    batch_size: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    schedule: str = "step"
+    lr_steps: tuple[float, ...] = (0.67, 0.89)
+    grad_clip: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    crop: int | None = 256
+    augment: bool = True
+    synthetic_fraction: float = 0.0
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    out: str | None = None
+    resume: bool = False
+    base: str | None = None
+    train_heads_only: bool = False
+    time_budget_s: float | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ValueError/TypeError naming the first bad setting."""
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        for name in ("iterations", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        if self.crop is not None and int(self.crop) < 32:
+            raise ValueError(f"crop must be at least 32 pixels (or None), got {self.crop}")
+        if self.layout not in ("bbbc010", "folders"):
+            raise ValueError(f"layout must be 'bbbc010' or 'folders', got {self.layout!r}")
+        if self.resume and not self.out:
+            raise ValueError("resume=True needs out= (the checkpoint to continue)")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(
+                f"time_budget_s must be > 0 seconds (or None), got {self.time_budget_s}"
+            )
+        if self.grad_clip <= 0 or self.checkpoint_every < 1 or self.eval_every < 0:
+            raise ValueError("grad_clip and checkpoint_every must be > 0, eval_every >= 0")
+
+
+@dataclass
+class TrainProgress:
+    """One event of :func:`train`.
+
+    ``phase``: "train" (after a step), "val" (``metrics`` holds the validation summary),
+    "checkpoint" (``checkpoint`` names the file written) or "done" (``model`` is the result).
+    """
+
+    iteration: int
+    total: int
+    phase: str
+    losses: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+    images_per_s: float = 0.0
+    eta_s: float = 0.0
+    metrics: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    message: str = ""
+    model: Any = None  # "done" only: the trained model, in eval mode, ready to segment
+
+
+def best_path(out: str | os.PathLike[str]) -> Path:
+    """Where the best-by-validation checkpoint of ``out`` goes: model.pt -> model.best.pt."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.best{out.suffix or '.pt'}")
+
+
+def lr_factor(config: TrainConfig, step: int, fraction: float | None = None) -> float:
+    """Multiplier of ``config.lr`` at ``step`` (0-based): warm-up, then step or cosine decay.
+
+    ``fraction`` (0..1) is how far the run is; by default ``step / iterations``. A run with a
+    time budget passes the larger of that and the fraction of its budget spent, so the decay
+    still happens when time, not the step count, ends the run.
+    """
+    if step < config.warmup_iters:
+        alpha = step / max(1, config.warmup_iters)
+        return config.warmup_factor * (1 - alpha) + alpha
+    if fraction is None:
+        fraction = step / max(1, config.iterations)
+    if config.schedule == "cosine":
+        start = config.warmup_iters / max(1, config.iterations)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, fraction - start) / (1 - start))))
+    return 0.1 ** sum(fraction >= f for f in config.lr_steps)
+
+
+def _step_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+class _Dist:
+    """The process group of a ``torchrun`` launch (world 1 without one)."""
+
+    def __init__(self, device_name: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owned = False
+        device = resolve_device(device_name)
+        if self.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.owned = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.world
+        return values
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says so (ranks must stop at the same step)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def close(self) -> None:
+        if self.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _prepare_model(config: TrainConfig) -> tuple[torch.nn.Module, dict | None, list[str]]:
+    """(model, train_state to resume or None, notes) for ``config``."""
+    notes: list[str] = []
+    out = Path(config.out) if config.out else None
+    if out is not None and not config.resume:
+        for path in (out, best_path(out)):
+            if path.exists():
+                raise FileExistsError(
+                    f"{path} exists; pass resume=True to continue that run or choose a new out"
+                )
+    if config.resume:
+        if out is None or not out.is_file():
+            raise FileNotFoundError(f"cannot resume: {out} does not exist")
+        ckpt = load_checkpoint(out)
+        if ckpt.train_state is None:
+            raise ValueError(f"{out} holds no train_state (a final export?); it cannot be resumed")
+        model = build_model(ckpt.config)
+        model.load_state_dict(ckpt.state_dict)
+        notes.append(f"resumed {out} at step {ckpt.train_state['step']}")
+        return model, ckpt.train_state, notes
+    torch.manual_seed(config.seed)
+    model = build_model(config.model)
+    if config.base:
+        from napari_semiconv.core.model_store import resolve_model_path
+
+        base = load_checkpoint(resolve_model_path(config.base)[0])
+        for key in ("backbone", "input_mode", "norm"):
+            if getattr(base.config, key) != getattr(config.model, key):
+                raise ValueError(
+                    f"the base model's {key} is {getattr(base.config, key)!r} but the config asks "
+                    f"for {getattr(config.model, key)!r}; use the base model's"
+                )
+        if config.model.semiconv and not base.config.semiconv:
+            fresh = load_baseline_weights(model, base.state_dict)
+            notes.append(f"two-stage: baseline {config.base} + fresh {len(fresh)} tensors")
+        else:
+            model.load_state_dict(base.state_dict)
+            notes.append(f"fine-tuning {config.base}")
+    return model, None, notes
+
+
+def _train_mode(model: torch.nn.Module, heads_only: bool) -> None:
+    model.train()
+    if heads_only:  # frozen backbone + FPN keep their BatchNorm statistics too
+        model.backbone.eval()
+
+
+# what core.preprocess.normalise does per input mode, for the model card
+_NORMALISATION = {
+    "binary": "core.preprocess.normalise(binary): foreground 1.0 (label != 0, or grey > half "
+    "its maximum), background 0.0",
+    "brightfield": "core.preprocess.normalise(brightfield): per-image percentiles -> [0, 1]",
+}
+
+
+def _card(config: TrainConfig, step: int, metrics: dict | None, world: int) -> dict[str, Any]:
+    recipe = {
+        k: getattr(config, k)
+        for k in (
+            "iterations", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters",
+            "schedule", "grad_clip", "seed", "amp", "crop", "augment", "synthetic_fraction",
+            "train_heads_only",
+        )
+    }  # fmt: skip
+    recipe.update(lr_steps=list(config.lr_steps), base=config.base, world_size=world)
+    card = {
+        "name": Path(config.out).stem if config.out else "model",
+        "input_mode": config.model.input_mode,
+        "preprocessing": {"grey": "luminance", "normalise": config.model.input_mode},
+        "normalisation": _NORMALISATION[config.model.input_mode],
+        "scale": "native: images are not resized (core.inference.native_scale)",
+        "data": {
+            "root": config.data_root,
+            "layout": config.layout,
+            "wells": list(config.wells) if config.wells else None,
+            "n_train": len(config.samples),
+            "n_val": len(config.val_samples),
+            "train_names": [s.name for s in config.samples[:500]],
+            "val_names": [s.name for s in config.val_samples[:500]],
+        },
+        "recipe": recipe,
+        "step": int(step),
+        "metrics": metrics,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    card.update(config.card)
+    return card
+
+
+def _validate(model: torch.nn.Module, samples: list[Sample]) -> dict[str, Any]:
+    from napari_semiconv.core.evaluation import evaluate
+    from napari_semiconv.core.inference import segment
+
+    preds = [segment(model, s.image, preprocessed=True) for s in samples]
+    result = evaluate(preds, [s.masks for s in samples], names=[s.name for s in samples])
+    return dict(result.summary)
+
+
+def train(config: TrainConfig) -> Iterator[TrainProgress]:
+    """Train a model; yield a :class:`TrainProgress` after every step, validation and checkpoint.
+
+    Stop iterating (``close()`` the generator, or break) to cancel: the checkpoints already
+    written stay valid. Under ``torchrun`` every rank calls this with the same config.
+
+    Raises:
+        ValueError / TypeError: a bad setting, or no data.
+        FileExistsError: ``out`` exists and ``resume`` is False.
+        TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+    """
+    config.check()
+    config = dataclasses.replace(config)  # loading data below must not mutate the caller's
+    if not config.samples and config.data_root:
+        config.samples, config.val_samples = load_samples(config)
+    if not config.samples and config.synthetic_fraction < 1.0:
+        raise ValueError(
+            "no training data: give samples, data_root, or synthetic_fraction=1.0 for synthetic "
+            "worms only"
+        )
+    group = _Dist(config.device)
+    try:
+        yield from _run(config, group)
+    finally:
+        group.close()
+
+
+def _run(config: TrainConfig, group: _Dist) -> Iterator[TrainProgress]:
+    model, state, notes = _prepare_model(config)
+    config.model = model.config
+    heads_only = config.train_heads_only
+    if heads_only:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    model.to(group.device)
+    _train_mode(model, heads_only)
+    net: torch.nn.Module = model
+    if group.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[group.device.index] if group.device.type == "cuda" else None,
+            find_unused_parameters=True,  # an image without worms leaves the mask head unused
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    start, best = 0, -math.inf
+    if state is not None:
+        optim.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        best = -math.inf if state.get("best_ap") is None else float(state["best_ap"])
+    total = config.iterations
+    out = Path(config.out) if config.out else None
+    if out is not None and group.main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    sampler = DistributedSampler(
+        range(max(1, len(config.samples))),
+        num_replicas=group.world,
+        rank=group.rank,
+        shuffle=True,
+        seed=config.seed,
+    )
+    use_amp = config.amp and group.device.type == "cuda"
+    from napari_semiconv.core.inference import native_scale
+
+    yield TrainProgress(start, total, "train", message="; ".join(notes) or "starting")
+    started, last_metrics = time.perf_counter(), None
+    budget = config.time_budget_s
+    for step in range(start, total):
+        images, targets = _batch(config, sampler, step, group)
+        fraction = step / max(1, config.iterations)
+        if budget:
+            fraction = max(fraction, (time.perf_counter() - started) / budget)
+        for param_group in optim.param_groups:
+            param_group["lr"] = config.lr * lr_factor(config, step, fraction)
+        with (
+            native_scale(net),
+            torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=use_amp),
+        ):
+            losses = net(images, targets)
+        names = sorted(losses)
+        # the mean over ranks: every rank sees the same values, so all stop together on NaN
+        values = group.mean(torch.stack([losses[k].detach().float() for k in names]))
+        reported = dict(zip(names, values.tolist(), strict=True))
+        if not bool(torch.isfinite(values).all()):
+            raise TrainingDiverged(
+                f"loss became NaN/inf at step {step + 1} ({reported}); lower the learning rate "
+                f"(now {config.lr}); {_kept(out)}"
+            )
+        optim.zero_grad(set_to_none=True)
+        sum(losses[k] for k in names).backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        if not bool(torch.isfinite(norm)):
+            raise TrainingDiverged(
+                f"gradient norm became NaN/inf at step {step + 1}; lower the learning rate; "
+                f"{_kept(out)}"
+            )
+        optim.step()
+        done = step + 1
+        elapsed = time.perf_counter() - started
+        if budget and group.agree(elapsed >= budget):
+            total = done  # the budget is spent: validate, checkpoint and stop at this step
+        yield TrainProgress(
+            done,
+            total,
+            "train",
+            losses={"loss": float(values.sum()), **reported},
+            lr=optim.param_groups[0]["lr"],
+            images_per_s=(done - start) * config.batch_size * group.world / max(elapsed, 1e-9),
+            eta_s=(total - done) * elapsed / (done - start),
+        )
+        if config.val_samples and (
+            done == total or (config.eval_every and done % config.eval_every == 0)
+        ):
+            if group.main:
+                last_metrics = _validate(model, config.val_samples)
+                _train_mode(model, heads_only)
+                yield TrainProgress(done, total, "val", metrics=last_metrics)
+                ap = last_metrics.get("AP")
+                if out is not None and ap is not None and ap > best:
+                    best = float(ap)
+                    card = _card(config, done, last_metrics, group.world)
+                    path = save_checkpoint(best_path(out), model, card)
+                    yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
+            group.barrier()
+        if out is not None and (done == total or done % config.checkpoint_every == 0):
+            if group.main:
+                _check_finite(model, done, out)
+                train_state = {
+                    "step": done,
+                    "optimizer": optim.state_dict(),
+                    "best_ap": best if math.isfinite(best) else None,
+                    "seed": config.seed,
+                }
+                card = _card(config, done, last_metrics, group.world)
+                path = save_checkpoint(out, model, card, train_state)
+                yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
+            group.barrier()
+        if done >= total:
+            break
+    model.eval()
+    yield TrainProgress(total, total, "done", metrics=last_metrics, model=model)
+
+
+def _batch(
+    config: TrainConfig, sampler: DistributedSampler, step: int, group: _Dist
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """The images and targets of ``step`` on this rank, drawn from (seed, step, rank) alone.
+
+    torch's generator is reseeded too: the RPN and RoI heads sample anchors and proposals.
+    """
+    rng = np.random.default_rng(_step_seed(config.seed, step, group.rank))
+    torch.manual_seed(_step_seed(config.seed, step, group.rank, 1))
+    images, targets = [], []
+    for index in batch_indices(sampler, step, config.batch_size):
+        if not config.samples or rng.random() < config.synthetic_fraction:
+            sample = synthetic_sample(config.model.input_mode, rng, config.crop)
+        else:
+            sample = config.samples[index]
+        if config.augment and len(sample.masks):  # (augment cannot take a worm-free image)
+            sample = augment(sample, rng, crop=config.crop, input_mode=config.model.input_mode)
+        elif config.crop:
+            sample = random_crop(sample, rng, config.crop)
+        image, target = sample_to_target(sample, group.device)
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+def _kept(out: Path | None) -> str:
+    if out is not None and out.exists():
+        return f"the last good checkpoint {out} is kept"
+    return "no checkpoint had been written yet"
+
+
+def _check_finite(model: torch.nn.Module, step: int, out: Path | None) -> None:
+    """Never overwrite a good checkpoint with non-finite weights."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(
+                f"weights became NaN/inf at step {step} ({name}); lower the learning rate; "
+                f"{_kept(out)}"
+            )
+
+
+def fold_config(config: TrainConfig, k: int, fold: int) -> TrainConfig:
+    """``config`` restricted to fold ``fold`` of ``k``: train on the other wells, validate on it.
+
+    Wells are grouped so no well is split across folds (``core.training_data.kfold_split``);
+    ``out`` becomes ``<stem>.fold<i>.pt``.
+    """
+    from napari_semiconv.core.training_data import kfold_split
+
+    config.check()
+    samples = config.samples or load_samples(config)[0]
+    train_samples, val_samples = kfold_split(samples, k, fold, seed=config.seed)
+    out = None
+    if config.out:
+        path = Path(config.out)
+        out = str(path.with_name(f"{path.stem}.fold{fold}{path.suffix or '.pt'}"))
+    card = {**config.card, "fold": {"k": int(k), "index": int(fold)}}
+    return dataclasses.replace(
+        config, samples=train_samples, val_samples=val_samples, out=out, card=card
+    )
+
+
+def kfold(config: TrainConfig, k: int) -> Iterator[tuple[int, TrainProgress]]:
+    """Train the ``k`` folds one after the other, yielding (fold, progress)."""
+    for fold in range(k):
+        for progress in train(fold_config(config, k, fold)):
+            yield fold, progress

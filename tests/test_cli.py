@@ -1,0 +1,152 @@
+"""The train / evaluate / predict / models commands on a tiny folders dataset of real TIFFs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+from toy_worms import toy_worms
+
+from napari_semiconv.cli.main import main
+from napari_semiconv.core.measurements import labels_from_instances
+
+TINY = [
+    "--model-option", "fpn_channels=32", "--model-option", "box_head_width=64",
+    "--model-option", "mask_head_width=16", "--model-option", "embed_hidden=32",
+    "--model-option", "detections_per_img=20",
+]  # fmt: skip
+SUMMARY_KEYS = {
+    "AP", "AP50", "AP75", "APs", "APm", "APl",
+    "avS", "S50", "S60", "S70", "S80", "S90", "n_images",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for i in range(3):
+        image, masks = toy_worms((112, 112), n=3, seed=30 + i)
+        tifffile.imwrite(root / "images" / f"img{i}.tif", (image * 255).astype(np.uint8))
+        tifffile.imwrite(root / "labels" / f"img{i}.tif", labels_from_instances(masks))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    """A model trained by the CLI for two steps, and what the command printed."""
+    out = tmp_path_factory.mktemp("run") / "tiny.pt"
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(
+            ["train", "--data", str(dataset), "--layout", "folders", "--input", "binary",
+             "--iterations", "2", "--batch-size", "1", "--crop", "64", "--warmup", "1",
+             "--checkpoint-every", "1", "--device", "cpu", "--out", str(out), *TINY]
+        )  # fmt: skip
+    assert code == 0
+    return out, buffer.getvalue()
+
+
+def test_train_prints_progress_and_writes_the_checkpoint(trained):
+    out, printed = trained
+    lines = printed.splitlines()
+    assert any(line.startswith("[1/2] loss=") for line in lines)
+    assert any(line.startswith("[2/2] loss=") and "img/s" in line for line in lines)
+    assert f"[2/2] saved {out}" in lines
+    assert out.is_file()
+
+
+def test_train_refuses_bad_arguments(dataset, tmp_path, capsys):
+    code = main(["train", "--data", str(dataset), "--layout", "folders", "--out",
+                 str(tmp_path / "x.pt"), "--model-option", "nonsense"])  # fmt: skip
+    assert code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_evaluate_json_summary(trained, dataset, capsys):
+    out, _ = trained
+    code = main(["evaluate", "--model", str(out), "--data", str(dataset), "--layout", "folders",
+                 "--device", "cpu", "--json"])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["n_images"] == 3
+    assert 0.0 <= summary["AP"] <= 1.0
+
+
+def test_evaluate_rejects_a_mismatched_input_mode(trained, dataset, capsys):
+    out, _ = trained
+    code = main(["evaluate", "--model", str(out), "--data", str(dataset), "--layout", "folders",
+                 "--input", "brightfield", "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "input mode" in capsys.readouterr().err
+
+
+def test_predict_writes_four_files_and_replays_bit_exactly(trained, dataset, tmp_path, capsys):
+    out, _ = trained
+    images = [str(dataset / "images" / f"img{i}.tif") for i in (0, 1)]
+    first = tmp_path / "first"
+    code = main(["predict", *images, "--model", str(out), "--out", str(first), "--device", "cpu",
+                 "--score-threshold", "0.0", "--mask-threshold", "0.1", "--tile-size", "64",
+                 "--overlap", "16"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    for stem in ("img0", "img1"):
+        for suffix in ("_labels.tif", "_instances.tif", "_measurements.csv", "_run.json"):
+            assert (first / f"{stem}{suffix}").is_file()
+    record = json.loads((first / "img0_run.json").read_text())
+    assert record["settings"]["score_threshold"] == 0.0 and record["settings"]["tile_size"] == 64
+    assert record["model"]["path"] == str(out.resolve())
+    labels = tifffile.imread(first / "img0_labels.tif")
+    assert labels.shape == (112, 112) and labels.max() > 0
+
+    # the same run again, from its record only: bit-identical labels
+    again = tmp_path / "again"
+    code = main(["predict", images[0], "--from-run", str(first / "img0_run.json"),
+                 "--out", str(again), "--device", "cpu"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(again / "img0_labels.tif"), labels)
+    np.testing.assert_array_equal(
+        tifffile.imread(again / "img0_instances.tif"), tifffile.imread(first / "img0_instances.tif")
+    )
+    assert json.loads((again / "img0_run.json").read_text())["settings"] == record["settings"]
+
+    # outputs are never overwritten
+    code = main(["predict", images[0], "--model", str(out), "--out", str(first),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_predict_from_run_refuses_a_changed_model(trained, dataset, tmp_path, capsys):
+    out, _ = trained
+    image = str(dataset / "images" / "img2.tif")
+    assert main(["predict", image, "--model", str(out), "--out", str(tmp_path / "a"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    run = json.loads((tmp_path / "a" / "img2_run.json").read_text())
+    run["model"]["sha256"] = "0" * 64
+    (tmp_path / "edited.json").write_text(json.dumps(run))
+    code = main(["predict", image, "--from-run", str(tmp_path / "edited.json"),
+                 "--out", str(tmp_path / "b"), "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "not the one the run used" in capsys.readouterr().err
+
+
+def test_models_lists_user_models(trained, tmp_path, monkeypatch, capsys):
+    out, _ = trained
+    monkeypatch.setenv("SEMICONV_MODEL_DIR", str(tmp_path))
+    shutil.copy(out, tmp_path / "my-worms.pt")
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path) in printed
+    assert "my-worms" in printed and "resnet18" in printed and "binary" in printed
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows if r["kind"] == "user"] == ["my-worms"]

@@ -1,0 +1,289 @@
+"""Inference: load_model, segment (2-D, RGB, tiled, blank, bad input), Instances, tiling merge."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from toy_worms import tiny_model_config, toy_worms
+
+from napari_semiconv.core import model_store
+from napari_semiconv.core.checkpoint import CheckpointError, save_checkpoint
+from napari_semiconv.core.inference import (
+    Instances,
+    list_models,
+    load_model,
+    native_scale,
+    run_info,
+    segment,
+    segment_steps,
+)
+from napari_semiconv.core.model.builder import build_model
+from napari_semiconv.core.tiling import Candidate, merge_candidates, tile_grid
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_checkpoint(path, model, {"name": "tiny", "input_mode": "binary"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return load_model(model_path, device="cpu")
+
+
+def _check_instances(inst: Instances, shape: tuple[int, int]) -> None:
+    n = len(inst)
+    assert inst.masks.shape == (n, *shape) and inst.masks.dtype == bool
+    assert inst.scores.shape == (n,) and inst.scores.dtype == np.float32
+    assert inst.displacement.shape == (2, *shape) and inst.displacement.dtype == np.float32
+    assert np.isfinite(inst.displacement).all()
+    assert np.all(np.diff(inst.scores) <= 0), "scores must be decreasing"
+    assert all(m.any() for m in inst.masks), "no empty masks"
+    labels = inst.labels()
+    assert labels.shape == shape and labels.dtype == np.uint16
+    assert labels.max() <= n
+    if n:
+        # the best-scoring worm wins every pixel it covers
+        assert np.all(labels[inst.masks[0]] == 1)
+
+
+def test_load_model_from_path(model, model_path):
+    assert not model.training
+    assert model.config.input_mode == "binary"
+    assert model.card["name"] == "tiny"
+    assert model.source["path"] == str(model_path.resolve())
+    assert len(model.source["sha256"]) == 64
+
+
+def test_native_scale_keeps_the_pixel_size(model):
+    image = torch.zeros(1, 70, 90)
+    with native_scale(model):
+        with native_scale(model):  # nested use is harmless
+            pass
+        batch, _ = model.transform([image])
+        assert batch.image_sizes == [(70, 90)]
+    assert "resize" not in vars(model.transform)
+    batch, _ = model.transform([image])
+    assert batch.image_sizes != [(70, 90)]  # torchvision would rescale to min_size=128
+
+
+def test_segment_grey_and_rgb_agree(model):
+    image, _ = toy_worms((112, 112), seed=1)
+    grey = segment(model, image, score_threshold=0.0, mask_threshold=0.1)
+    _check_instances(grey, (112, 112))
+    assert len(grey) > 0  # an untrained detector still proposes boxes at threshold 0
+    rgb = np.repeat((image * 255).astype(np.uint8)[..., None], 3, axis=2)
+    colour = segment(model, rgb, score_threshold=0.0, mask_threshold=0.1)
+    np.testing.assert_array_equal(colour.masks, grey.masks)
+    np.testing.assert_array_equal(colour.scores, grey.scores)
+
+
+def test_segment_tiles_a_large_image(model):
+    image, _ = toy_worms((200, 230), n=6, seed=2)
+    steps = segment_steps(
+        model, image, score_threshold=0.0, mask_threshold=0.1, tile_size=96, overlap=24
+    )
+    events = []
+    while True:
+        try:
+            events.append(next(steps))
+        except StopIteration as stop:
+            inst = stop.value
+            break
+    n_tiles = len(tile_grid(200, 230, 96, 24))
+    assert n_tiles == 9
+    assert events[0].done == 0 and events[-1].done == events[-1].total == n_tiles
+    assert len(events) == n_tiles + 1
+    _check_instances(inst, (200, 230))
+    assert len(inst) > 0
+
+
+def test_segment_can_be_cancelled(model):
+    image, _ = toy_worms((200, 200), seed=3)
+    steps = segment_steps(model, image, tile_size=96, overlap=24)
+    first = next(steps)
+    assert first.done == 0
+    steps.close()  # the caller stops iterating: nothing more runs
+    assert model.training is False
+
+
+def test_blank_image_gives_no_worms(model):
+    for blank in (np.zeros((100, 120), np.uint8), np.full((100, 120, 3), 200, np.uint8)):
+        inst = segment(model, blank, score_threshold=0.0, mask_threshold=0.1)
+        assert len(inst) == 0
+        assert inst.masks.shape == (0, 100, 120)
+        assert not inst.labels().any()
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "words"),
+    [
+        ("not an image", TypeError, "numpy array"),
+        (np.zeros(50), ValueError, "2-D"),
+        (np.zeros((4, 40, 40, 3)), ValueError, "2-D"),
+        (np.zeros((5, 40, 40)), ValueError, "plane"),
+        (np.zeros((8, 8)), ValueError, "too small"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, "numbers"),
+    ],
+)
+def test_bad_images_raise_clearly(model, image, error, words):
+    with pytest.raises(error, match=words):
+        segment(model, image)
+
+
+def test_nan_image_is_refused(model):
+    image = np.ones((64, 64), np.float32)
+    image[3, 4] = np.nan
+    with pytest.raises(ValueError):
+        segment(model, image)
+
+
+def test_bad_thresholds_raise(model):
+    image, _ = toy_worms((64, 64))
+    with pytest.raises(ValueError, match="score_threshold"):
+        segment(model, image, score_threshold=1.5)
+
+
+def test_non_checkpoint_files_are_refused_without_running_code(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_model(text, device="cpu")
+    bare = tmp_path / "bare.pt"
+    torch.save({"weight": torch.zeros(3)}, bare)
+    with pytest.raises(CheckpointError, match="not a napari-semiconv checkpoint"):
+        load_model(bare, device="cpu")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(CheckpointError):
+        load_model(hostile, device="cpu")
+    assert not marker.exists(), "loading must never run code from the file"
+
+
+def test_unknown_and_uninstalled_models(tmp_path, monkeypatch, model_path):
+    monkeypatch.setenv("SEMICONV_MODEL_DIR", str(tmp_path / "user"))
+    with pytest.raises(FileNotFoundError, match="no model 'nope'"):
+        load_model("nope")
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    (bundled / "registry.json").write_text(
+        json.dumps({"worms-r18": {"file": "worms-r18.pt", "sha256": "0" * 64}})
+    )
+    monkeypatch.setattr(model_store, "BUNDLED_DIR", bundled)
+    with pytest.raises(FileNotFoundError, match="bundled model 'worms-r18' is not installed"):
+        load_model("worms-r18")
+    # installed but not the file the registry describes: the sha256 check refuses it
+    (bundled / "worms-r18.pt").write_bytes(model_path.read_bytes())
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_model("worms-r18")
+
+
+def test_list_models_and_user_models(tmp_path, monkeypatch, model_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "mine.pt").write_bytes(model_path.read_bytes())
+    (user / "broken.pt").write_text("not a model")
+    monkeypatch.setenv("SEMICONV_MODEL_DIR", str(user))
+    rows = {row["name"]: row for row in list_models()}
+    assert rows["mine"]["kind"] == "user" and rows["mine"]["card"]["name"] == "tiny"
+    assert "error" in rows["broken"]
+    model = load_model("mine", device="cpu")
+    assert model.source["kind"] == "user"
+
+
+def test_run_info_records_what_replays_a_run(model):
+    info = run_info(model, {"score_threshold": 0.4}, "cpu")
+    assert info["model"]["sha256"] == model.source["sha256"]
+    assert info["settings"] == {"score_threshold": 0.4}
+    assert info["device"] == "cpu"
+    assert {"napari_semiconv", "torch", "torchvision"} <= set(info["versions"])
+    json.dumps(info)  # JSON-serialisable as is
+
+
+# --- tiling, without a network -------------------------------------------------------------
+
+
+def test_tile_cores_partition_the_image():
+    for shape, tile, overlap in [((200, 230), 96, 24), ((1000, 300), 256, 64), ((50, 60), 96, 0)]:
+        cover = np.zeros(shape, int)
+        for t in tile_grid(*shape, tile, overlap):
+            assert t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile
+            assert t.y0 <= t.cy0 < t.cy1 <= t.y1 and t.x0 <= t.cx0 < t.cx1 <= t.x1
+            cover[t.cy0 : t.cy1, t.cx0 : t.cx1] += 1
+        assert (cover == 1).all()
+    with pytest.raises(ValueError, match="overlap"):
+        tile_grid(500, 500, 96, 60)
+
+
+def _piece(tile: int, full: np.ndarray, window: tuple[int, int, int, int], score: float):
+    """The part of ``full`` a tile sees, as a Candidate cropped to its box."""
+    y0, y1, x0, x1 = window
+    part = np.zeros_like(full)
+    part[y0:y1, x0:x1] = full[y0:y1, x0:x1]
+    rows, cols = np.nonzero(part.any(1))[0], np.nonzero(part.any(0))[0]
+    crop = part[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return Candidate(tile, int(rows[0]), int(cols[0]), crop, score)
+
+
+def test_merge_reassembles_a_worm_cut_by_tiles_and_keeps_crossing_worms():
+    h, w = 100, 180
+    tiles = tile_grid(h, w, 100, 20)
+    assert len(tiles) == 2
+    long_worm = np.zeros((h, w), bool)
+    long_worm[40:46, 10:170] = True  # longer than a tile: both tiles see a piece
+    crossing = np.zeros((h, w), bool)
+    crossing[10:90, 30:36] = True  # crosses the long worm inside tile 0 only
+    windows = [(t.y0, t.y1, t.x0, t.x1) for t in tiles]
+    candidates = [
+        _piece(0, long_worm, windows[0], 0.9),
+        _piece(0, crossing, windows[0], 0.8),
+        _piece(1, long_worm, windows[1], 0.7),
+    ]
+    masks, scores = merge_candidates(candidates, tiles, h, w)
+    assert masks.shape == (2, h, w)
+    np.testing.assert_array_equal(masks[0], long_worm)
+    np.testing.assert_array_equal(masks[1], crossing)
+    np.testing.assert_allclose(scores, [0.9, 0.8])
+
+
+def test_merging_recovers_every_worm_from_perfect_tiles():
+    """With a perfect detector (each tile sees the true worms cut to its window), merging the
+    tiles gives back exactly the true worms: one instance per worm, nothing split or fused."""
+    from napari_semiconv.core.evaluation import iou_matrix
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+
+    truths = []
+    for r in range(2):
+        for c in range(2):
+            _, masks = synthetic_worms(seed=50 + 2 * r + c, shape=(260, 348), render="binary")
+            for mask in masks:
+                full = np.zeros((520, 696), bool)
+                full[r * 260 : (r + 1) * 260, c * 348 : (c + 1) * 348] = mask
+                truths.append(full)
+    truths = np.stack(truths)
+    tiles = tile_grid(520, 696, 160, 40)
+    assert len(tiles) > 12
+    candidates = [
+        _piece(i, truth, (t.y0, t.y1, t.x0, t.x1), 1.0 - 0.01 * k)
+        for i, t in enumerate(tiles)
+        for k, truth in enumerate(truths)
+        if truth[t.y0 : t.y1, t.x0 : t.x1].any()
+    ]
+    assert len(candidates) > len(truths)  # worms really are cut by the tiles
+    masks, _ = merge_candidates(candidates, tiles, 520, 696)
+    assert len(masks) == len(truths)
+    assert (iou_matrix(masks, truths).max(axis=1) > 0.999).all()

@@ -1,0 +1,210 @@
+"""The trainer on tiny data: losses, atomic checkpoints, exact resume, cancel, baseline, NaN."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from toy_worms import tiny_model_config, toy_worms
+
+from napari_semiconv.core.checkpoint import load_checkpoint, model_from_checkpoint
+from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.training import (
+    TrainConfig,
+    TrainingDiverged,
+    best_path,
+    lr_factor,
+    train,
+)
+from napari_semiconv.core.training_data import batch_indices, kfold_split, well_of
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    out = []
+    for i in range(3):
+        image, masks = toy_worms((112, 112), n=3, seed=10 + i)
+        out.append(Sample(image=image, masks=masks, name=f"toy_A0{i + 1}"))
+    return out
+
+
+def _config(samples, tmp_path, **kw) -> TrainConfig:
+    options = dict(
+        model=tiny_model_config(),
+        samples=samples,
+        iterations=3,
+        batch_size=1,
+        lr=0.01,
+        warmup_iters=2,
+        crop=64,
+        device="cpu",
+        checkpoint_every=2,
+        out=str(tmp_path / "model.pt"),
+    )
+    options.update(kw)
+    return TrainConfig(**options)
+
+
+def _train_losses(events) -> dict[int, float]:
+    return {e.iteration: e.losses["loss"] for e in events if e.phase == "train" and e.losses}
+
+
+def test_train_reports_losses_and_writes_checkpoints(samples, tmp_path):
+    events = list(train(_config(samples, tmp_path)))
+    steps = [e for e in events if e.phase == "train" and e.losses]
+    assert [e.iteration for e in steps] == [1, 2, 3]
+    for e in steps:
+        assert {"loss", "loss_mask", "loss_embedding", "loss_kernel"} <= set(e.losses)
+        assert all(math.isfinite(v) for v in e.losses.values())
+        assert e.total == 3 and e.images_per_s > 0 and e.eta_s >= 0
+    saved = [e.iteration for e in events if e.phase == "checkpoint"]
+    assert saved == [2, 3]
+    assert events[-1].phase == "done"
+    # only the checkpoint is left in the folder: no temporary files of the atomic writer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt.train_state["step"] == 3
+    assert ckpt.card["recipe"]["iterations"] == 3 and ckpt.card["input_mode"] == "binary"
+    model = model_from_checkpoint(ckpt)
+    assert model.config == tiny_model_config()
+    # the trained model is handed over at the end, ready to use
+    assert events[-1].model is not None and not events[-1].model.training
+
+
+def test_existing_output_is_not_overwritten(samples, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="resume"):
+        list(train(_config(samples, tmp_path)))
+    assert (tmp_path / "model.pt").read_bytes() == b"precious"
+
+
+def test_resume_after_cancel_continues_exactly(samples, tmp_path):
+    whole = list(train(_config(samples, tmp_path / "a", iterations=3)))
+    cfg = _config(samples, tmp_path / "b", iterations=3)
+    run = train(cfg)
+    first = []
+    for event in run:
+        first.append(event)
+        if event.phase == "checkpoint" and event.iteration == 2:
+            break
+    run.close()  # cancel: the step-2 checkpoint stays valid
+    ckpt = load_checkpoint(cfg.out)
+    assert ckpt.train_state["step"] == 2
+    rest = list(train(dataclasses.replace(cfg, resume=True)))
+    assert rest[0].message.startswith("resumed")
+    resumed = {**_train_losses(first), **_train_losses(rest)}
+    expected = _train_losses(whole)
+    assert sorted(resumed) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    a = load_checkpoint(tmp_path / "a" / "model.pt").state_dict
+    b = load_checkpoint(cfg.out).state_dict
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_baseline_then_two_stage_semiconv(samples, tmp_path):
+    base_cfg = _config(
+        samples, tmp_path, model=tiny_model_config(semiconv=False), iterations=1,
+        out=str(tmp_path / "base.pt"),
+    )  # fmt: skip
+    events = list(train(base_cfg))
+    losses = _train_losses(events)[1]
+    assert "loss_embedding" not in events[1].losses and math.isfinite(losses)
+    stage2 = _config(samples, tmp_path, iterations=1, base=str(tmp_path / "base.pt"))
+    events = list(train(stage2))
+    assert "two-stage" in events[0].message
+    assert "loss_embedding" in events[1].losses
+
+
+def test_heads_only_leaves_backbone_untouched(samples, tmp_path):
+    # a worm-free image in the data is a valid negative example, augmented or not
+    empty = Sample(np.zeros((112, 112), np.float32), np.zeros((0, 112, 112), bool), "empty")
+    cfg = _config(
+        [empty, samples[0]], tmp_path, iterations=2, batch_size=2, train_heads_only=True, lr=0.05
+    )
+    torch.manual_seed(cfg.seed)
+    events = list(train(cfg))
+    trained = events[-1].model
+    from napari_semiconv.core.model.builder import build_model
+
+    torch.manual_seed(cfg.seed)
+    fresh = build_model(cfg.model).state_dict()
+    after = trained.state_dict()
+    for key, value in fresh.items():
+        if key.startswith("backbone."):  # weights and BatchNorm statistics alike
+            torch.testing.assert_close(after[key], value, msg=key)
+    assert not torch.equal(after["rpn.head.conv.0.0.weight"], fresh["rpn.head.conv.0.0.weight"])
+
+
+def test_nan_loss_stops_with_clear_error_keeping_last_checkpoint(samples, tmp_path):
+    # the baseline: with semiconv a diverging σ (eq. 10) is refused by the operators first
+    cfg = _config(
+        samples, tmp_path, model=tiny_model_config(semiconv=False), iterations=6,
+        checkpoint_every=1, warmup_iters=0, lr=1e12,
+    )  # fmt: skip
+    seen = []
+    with pytest.raises(TrainingDiverged, match="NaN/inf"):
+        for event in train(cfg):
+            seen.append(event)
+    ckpt = load_checkpoint(cfg.out)  # still a valid file
+    good = [e.iteration for e in seen if e.phase == "checkpoint"]
+    assert good and ckpt.train_state["step"] == good[-1]
+    assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point())
+
+
+def test_validation_keeps_the_best_checkpoint(samples, tmp_path):
+    cfg = _config(samples[:2], tmp_path, iterations=2, eval_every=1, val_samples=samples[2:])
+    events = list(train(cfg))
+    vals = [e for e in events if e.phase == "val"]
+    assert len(vals) == 2
+    assert {"AP", "AP50", "avS", "n_images"} <= set(vals[0].metrics)
+    assert vals[0].metrics["n_images"] == 1
+    best = load_checkpoint(best_path(cfg.out))
+    assert best.card["metrics"]["AP"] is not None
+    assert best_path("runs/m.pt").name == "m.best.pt"
+
+
+def test_bad_settings_are_named(samples, tmp_path):
+    with pytest.raises(ValueError, match="iterations"):
+        list(train(_config(samples, tmp_path, iterations=0)))
+    with pytest.raises(ValueError, match="no training data"):
+        list(train(_config([], tmp_path)))
+    with pytest.raises(ValueError, match="synthetic_fraction"):
+        list(train(_config(samples, tmp_path, synthetic_fraction=2.0)))
+
+
+def test_schedule_warmup_then_steps():
+    cfg = TrainConfig(iterations=100, warmup_iters=10, warmup_factor=0.001, lr_steps=(0.5, 0.8))
+    assert lr_factor(cfg, 0) == pytest.approx(0.001)
+    assert lr_factor(cfg, 10) == 1.0
+    assert lr_factor(cfg, 49) == 1.0 and lr_factor(cfg, 50) == pytest.approx(0.1)
+    assert lr_factor(cfg, 80) == pytest.approx(0.01)
+    cos = dataclasses.replace(cfg, schedule="cosine")
+    assert lr_factor(cos, 10) == pytest.approx(1.0) and lr_factor(cos, 100) == pytest.approx(0.0)
+
+
+def test_batches_cover_each_epoch_and_kfold_keeps_wells_together():
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(5), num_replicas=1, rank=0, shuffle=True, seed=3)
+    epoch0 = batch_indices(sampler, 0, 5)
+    assert sorted(epoch0) == list(range(5))
+    assert batch_indices(sampler, 0, 5) == epoch0  # a function of the step only
+    assert batch_indices(sampler, 1, 5) != epoch0 and sorted(batch_indices(sampler, 1, 5)) == [
+        0, 1, 2, 3, 4,
+    ]  # fmt: skip
+    names = [f"plate_{w}_w{c}" for w in ("A01", "A02", "B01", "B02", "C01") for c in (1, 2)]
+    fake = [Sample(np.zeros((4, 4), np.float32), np.zeros((0, 4, 4), bool), n) for n in names]
+    held_all = []
+    for fold in range(3):
+        tr, va = kfold_split(fake, 3, fold)
+        assert len(tr) + len(va) == len(fake)
+        assert not {well_of(s.name) for s in tr} & {well_of(s.name) for s in va}
+        held_all += [s.name for s in va]
+    assert sorted(held_all) == sorted(names)
+    with pytest.raises(ValueError, match="folds"):
+        kfold_split(fake, 6, 0)
