@@ -130,6 +130,7 @@ class ModelPicker:
         self.row.addWidget(self.combo, 1)
         self.row.addWidget(refresh)
         self._cards: dict[str, str] = {}
+        self._last: str | None = None  # the last real model chosen, restored after a refusal
 
     def refresh(self, *_: Any) -> None:
         """Re-read the models, keeping browsed files and the current choice."""
@@ -188,9 +189,14 @@ class ModelPicker:
             "Checkpoints (*.pt *.pth);;All (*)",
         )
         if not path or not self.set_model(path):
-            # dialog cancelled or file refused: back to a real model if there is one
-            self.combo.setCurrentIndex(0 if self.combo.count() > 1 else -1)
+            # dialog cancelled or file refused: back to the model chosen before, else the first
+            index = self.combo.findData(self._last) if self._last else -1
+            self.combo.setCurrentIndex(
+                index if index >= 0 else (0 if self.combo.count() > 1 else -1)
+            )
 
     def _show_card(self, *_: Any) -> None:
         key = self.choice()
+        if key is not None:
+            self._last = key
         self.card_label.setText(self._cards.get(key, "") if key else "No model chosen.")
