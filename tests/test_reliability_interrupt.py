@@ -243,12 +243,6 @@ def image_file(tmp_path):
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotADirectoryError,
-    reason="cli/main.py: NotADirectoryError (predict --out naming a file) is not among the "
-    "errors `main` turns into exit code 2, so a traceback escapes",
-)
 def test_predict_into_a_file_fails_cleanly(tmp_path, model_file, image_file, capsys):
     target = tmp_path / "out"
     target.write_text("keep me")
@@ -257,13 +251,6 @@ def test_predict_into_a_file_fails_cleanly(tmp_path, model_file, image_file, cap
     assert target.read_text() == "keep me"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="cli/main.py: an OSError such as ENOSPC (disk full) while predict writes its outputs "
-    "escapes `main` as a traceback instead of exit code 2 and the one-line message "
-    "core.atomic already words",
-)
 def test_predict_on_a_full_disk_fails_cleanly(
     tmp_path, model_file, image_file, monkeypatch, capsys
 ):
@@ -299,13 +286,6 @@ def _flaky_forward(model, failures: int | None):
     return forward, calls
 
 
-OOM_MISSING = (
-    "core/inference.py has no out-of-memory fallback: torch.OutOfMemoryError from the "
-    "forward pass propagates; expected a retry with smaller tiles, then the CPU, with a warning"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=torch.OutOfMemoryError, reason=OOM_MISSING)
 def test_out_of_memory_falls_back_with_a_warning(model, monkeypatch):
     image = np.zeros((96, 96), np.uint8)
     image[20:26, 10:80] = 1
@@ -325,7 +305,6 @@ def test_out_of_memory_falls_back_with_a_warning(model, monkeypatch):
         np.testing.assert_array_equal(inst.masks, expected.masks)
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, torch.OutOfMemoryError), reason=OOM_MISSING)
 def test_persistent_out_of_memory_says_what_to_do(model, monkeypatch):
     image = np.zeros((96, 96), np.uint8)
     image[20:26, 10:80] = 1

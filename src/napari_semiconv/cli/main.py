@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        # user errors: one clear line, no traceback
+    except (ValueError, TypeError, OSError) as exc:
+        # user errors and the file system's (missing, existing, read-only, full disk, a file
+        # where a folder should be): one clear line, no traceback
         print(f"napari-semiconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -100,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
     if len(set(stems)) != len(stems):
         raise ValueError("two images share a file stem; their outputs would collide")
     for i, image_path in enumerate(args.images):
-        image = read_image(image_path)
-        instances = segment(model, image, **settings)
+        try:
+            image = read_image(image_path)
+            instances = segment(model, image, **settings)
+        except (ValueError, TypeError, OSError, SyntaxError) as exc:
+            # name the file: with several images the user must know which one failed.
+            # (Pillow reports a corrupt PNG as SyntaxError.)
+            raise ValueError(f"{image_path}: {exc}") from exc
         info = run_info(model, settings)
         info["image"] = {"path": str(Path(image_path).resolve()), "shape": list(image.shape)}
         paths = write_run_outputs(out, Path(image_path).stem, instances, info)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,8 @@ def segment_steps(
     Raises:
         TypeError: image is not a numeric array.
         ValueError: wrong shape, NaN/inf pixels, smaller than 16 px, or bad thresholds.
+        RuntimeError: out of memory even with 32-px tiles. Before that, out-of-memory errors
+            make it retry with half the tile side, with a RuntimeWarning and a progress message.
     """
     for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
         if not 0.0 <= float(value) <= 1.0:
@@ -167,15 +170,57 @@ def segment_steps(
         grey = normalise(_check_image(image), model.config.input_mode)
     height, width = grey.shape
     if tile_size is None:
-        tile_size = AUTO_TILE_SIZE if max(height, width) > AUTO_TILE_SIZE else max(height, width)
-    tiles = tile_grid(height, width, int(tile_size), int(overlap))
-    displacement = np.zeros((2, height, width), dtype=np.float32)
+        # one tile for ordinary images (at least tile_grid's 32-px floor: tiny images fit in it)
+        side = max(height, width)
+        tile_size = AUTO_TILE_SIZE if side > AUTO_TILE_SIZE else max(32, side)
+    tile_size, overlap = int(tile_size), int(overlap)
+    tile_grid(height, width, tile_size, overlap)  # bad tile settings fail before any work
     if float(grey.max()) == float(grey.min()):
         # a constant image carries nothing to segment; an untrained or weak detector could
         # still fire on it, so it is not shown to the network at all
-        yield SegmentProgress(len(tiles), len(tiles), "blank image: nothing to segment")
+        yield SegmentProgress(1, 1, "blank image: nothing to segment")
+        displacement = np.zeros((2, height, width), dtype=np.float32)
         return Instances(np.zeros((0, height, width), bool), np.zeros(0, np.float32), displacement)
+    while True:
+        try:
+            return (
+                yield from _segment_tiles(
+                    model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold
+                )
+            )
+        except torch.OutOfMemoryError as exc:
+            # out of memory: free what the failed pass held and retry with half the tile side
+            # (and one tile per pass); below the 32-px floor there is nothing left to try
+            if _device_of(model).type == "cuda":
+                torch.cuda.empty_cache()
+            smaller = min(tile_size, max(height, width)) // 2
+            if smaller < 32:
+                raise RuntimeError(
+                    f"out of memory even with {tile_size}-px tiles; choose a smaller tile size, "
+                    "the cpu device, or close other programs using the GPU"
+                ) from exc
+            message = (
+                f"out of memory with {tile_size}-px tiles on {_device_of(model)}; "
+                f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            yield SegmentProgress(0, 0, message)
+            tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
 
+
+def _segment_tiles(
+    model: torch.nn.Module,
+    grey: np.ndarray,
+    tile_size: int,
+    overlap: int,
+    batch_size: int,
+    score_threshold: float,
+    mask_threshold: float,
+) -> Generator[SegmentProgress, None, Instances]:
+    """One pass over the tiles of ``grey`` (see :func:`segment_steps`)."""
+    height, width = grey.shape
+    tiles = tile_grid(height, width, tile_size, overlap)
+    displacement = np.zeros((2, height, width), dtype=np.float32)
     device = _device_of(model)
     candidates: list[Candidate] = []
     yield SegmentProgress(0, len(tiles), f"segmenting {len(tiles)} tile(s)")

@@ -62,7 +62,9 @@ def to_grey(image: np.ndarray) -> np.ndarray:
             channel-first image: pass one 2-D plane), or NaN/inf pixels (the count is named).
     """
     array = _as_real_array(image)
-    squeezed = array.squeeze() if array.ndim > 2 else array
+    # a colour axis last is read as colour before singleton axes go: a (1, W, 3) strip is colour
+    colour_last = array.ndim == 3 and array.shape[-1] in (3, 4)
+    squeezed = array if colour_last else (array.squeeze() if array.ndim > 2 else array)
     if squeezed.ndim == 3 and squeezed.shape[-1] in (3, 4):
         grey = squeezed[..., :3].astype(np.float64) @ _LUMA
     elif squeezed.ndim == 2:
@@ -77,6 +79,11 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.array(grey, dtype=np.float32, copy=True)
     bad = int(np.count_nonzero(~np.isfinite(out)))  # float64 beyond float32's range -> inf
+    if bad and np.isfinite(np.asarray(grey, dtype=np.float64)).all():
+        raise ValueError(
+            f"image has {bad} pixel(s) beyond float32's range (±3.4e38); rescale the image "
+            "before segmenting"
+        )
     if bad:
         raise ValueError(
             f"image has {bad} NaN or infinite pixel(s) (of {out.size}); replace them "
@@ -111,11 +118,12 @@ def normalise(image: np.ndarray, input_mode: str) -> np.ndarray:
         return (grey > 0.5 * top).astype(np.float32)
 
     grey = to_grey(raw)
-    lo, hi = np.percentile(grey, _PERCENTILES)
+    # float64 arithmetic: hi - lo of a float32 image can overflow float32 (e.g. ±3e38)
+    lo, hi = (float(v) for v in np.percentile(grey.astype(np.float64), _PERCENTILES))
     if hi - lo <= 1e-6 * max(abs(hi), 1.0):
         # nearly constant up to the top 0.2 %: fall back on the full range, or give zeros
         lo, hi = float(grey.min()), float(grey.max())
         if hi - lo <= 0:
             return np.zeros(grey.shape, dtype=np.float32)
-    out = (grey - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    out = (grey.astype(np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
