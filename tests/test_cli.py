@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from toy_worms import toy_worms
+from toy_worms import write_folders_dataset
 
 from napari_semiconv.cli.main import main
-from napari_semiconv.core.measurements import labels_from_instances
 
 TINY = [
     "--model-option", "fpn_channels=32", "--model-option", "box_head_width=64",
@@ -26,14 +25,7 @@ SUMMARY_KEYS = {
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    for i in range(3):
-        image, masks = toy_worms((112, 112), n=3, seed=30 + i)
-        tifffile.imwrite(root / "images" / f"img{i}.tif", (image * 255).astype(np.uint8))
-        tifffile.imwrite(root / "labels" / f"img{i}.tif", labels_from_instances(masks))
-    return root
+    return write_folders_dataset(tmp_path_factory.mktemp("data"), (112, 112), 3, 30, "img")
 
 
 @pytest.fixture(scope="module")

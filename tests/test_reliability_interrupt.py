@@ -22,14 +22,13 @@ import pytest
 import tifffile
 import torch
 from reliability_kit import save_tiny_model
-from toy_worms import toy_worms
+from toy_worms import toy_worms, write_folders_dataset
 
 import napari_semiconv
 from napari_semiconv.cli.main import main
 from napari_semiconv.core import atomic
 from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_semiconv.core.export import output_paths, write_run_outputs
-from napari_semiconv.core.measurements import labels_from_instances
 
 TINY = [
     "--model-option", "fpn_channels=16", "--model-option", "box_head_width=32",
@@ -49,14 +48,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    for i in range(3):
-        image, masks = toy_worms((80, 80), n=3, seed=40 + i)
-        tifffile.imwrite(root / "images" / f"w{i}.tif", (image * 255).astype(np.uint8))
-        tifffile.imwrite(root / "labels" / f"w{i}.tif", labels_from_instances(masks))
-    return root
+    return write_folders_dataset(tmp_path_factory.mktemp("data"), (80, 80), 3, 40, "w")
 
 
 def _train_args(dataset: Path, out: Path) -> list[str]:

@@ -24,24 +24,13 @@ LONG = 60_000  # ms: a run on 2 shared CPU cores
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     import torch
+    from reliability_kit import tiny_config
 
     from napari_semiconv.core.checkpoint import save_checkpoint
     from napari_semiconv.core.model.builder import build_model
-    from napari_semiconv.core.model.config import ModelConfig
 
     torch.manual_seed(0)
-    config = ModelConfig(
-        backbone="resnet18",
-        input_mode="brightfield",
-        min_size=128,
-        max_size=160,
-        fpn_channels=16,
-        box_head_width=32,
-        mask_head_width=16,
-        embed_hidden=16,
-        detections_per_img=4,
-        box_score_thresh=0.0,
-    )
+    config = tiny_config("brightfield")
     model = build_model(config).eval()
     card = {"name": "tiny-test", "data": "none (random weights)", "metrics": {"AP": 0.0}}
     return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", model, card)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.ndimage import binary_dilation
 from skimage.draw import bezier_curve
@@ -40,3 +42,20 @@ def toy_worms(
         masks[k, rr, cc] = True
         masks[k] = binary_dilation(masks[k], iterations=width)
     return masks.any(axis=0).astype(np.float32), masks
+
+
+def write_folders_dataset(
+    root: Path, shape: tuple[int, int], n_images: int, seed: int, prefix: str
+) -> Path:
+    """An ``images/`` + ``labels/`` folder (the `folders` layout) of toy worms, as real TIFFs."""
+    import tifffile
+
+    from napari_semiconv.core.measurements import labels_from_instances
+
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for i in range(n_images):
+        image, masks = toy_worms(shape, n=3, seed=seed + i)
+        tifffile.imwrite(root / "images" / f"{prefix}{i}.tif", (image * 255).astype(np.uint8))
+        tifffile.imwrite(root / "labels" / f"{prefix}{i}.tif", labels_from_instances(masks))
+    return root

@@ -6,8 +6,9 @@ matplotlib is imported when the curve is built, not when napari imports the plug
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QSpinBox, QVBoxLayout, QWidget
 
 
 class LossCurve(QWidget):
@@ -56,3 +57,17 @@ class LossCurve(QWidget):
         self.axes.relim()
         self.axes.autoscale_view()
         self.canvas.draw_idle()
+
+
+def spin_box(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    """An integer field with its range, value and tooltip set."""
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def format_metric(value: Any) -> str:
+    """A metric for display: three decimals, or "n/a" when there is none."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"

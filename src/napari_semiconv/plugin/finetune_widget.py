@@ -26,12 +26,11 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ._finetune_curve import LossCurve
+from ._finetune_curve import LossCurve, format_metric, spin_box
 from ._finetune_pairs import (
     NONE,
     PairRow,
@@ -131,7 +130,7 @@ class FineTuneWidget(QWidget):
         self.model_combo = self.models.combo
         form.addRow("Base model", self.models.row)
         form.addRow(self.models.card_label)  # its card: input mode, training data, metrics
-        self.iter_spin = _spin(1, 100_000, 200, "Training steps (the length of the schedule)")
+        self.iter_spin = spin_box(1, 100_000, 200, "Training steps (the length of the schedule)")
         form.addRow("Iterations", self.iter_spin)
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.0, 24 * 60)
@@ -149,9 +148,9 @@ class FineTuneWidget(QWidget):
         self.what_combo.addItems([HEADS_ONLY, EVERYTHING])
         self.what_combo.setToolTip("Heads only freezes the backbone and FPN: fewer weights to fit")
         form.addRow("Train", self.what_combo)
-        self.batch_spin = _spin(1, 64, 2, "Crops per step")
+        self.batch_spin = spin_box(1, 64, 2, "Crops per step")
         form.addRow("Batch size", self.batch_spin)
-        self.crop_spin = _spin(32, 4096, 256, "Side of the random training crops, in pixels")
+        self.crop_spin = spin_box(32, 4096, 256, "Side of the random training crops, in pixels")
         form.addRow("Crop", self.crop_spin)
         self.device_combo = QComboBox()
         form.addRow("Device", self.device_combo)
@@ -163,7 +162,7 @@ class FineTuneWidget(QWidget):
         preview = QHBoxLayout()
         self.preview_combo = QComboBox()
         self.preview_combo.setToolTip("Segment this image with the latest checkpoint as it trains")
-        self.preview_spin = _spin(0, 100_000, 25, "Preview every N steps (0: at the end only)")
+        self.preview_spin = spin_box(0, 100_000, 25, "Preview every N steps (0: at the end only)")
         preview.addWidget(self.preview_combo, 1)
         preview.addWidget(QLabel("every"))
         preview.addWidget(self.preview_spin)
@@ -383,7 +382,7 @@ class FineTuneWidget(QWidget):
             self.status_label.setText(f"step {update.step}/{update.total}: loss {update.loss:.4f}")
         elif update.kind == "val" and update.metrics:
             ap = update.metrics.get("AP")
-            self.status_label.setText(f"step {update.step}: validation AP {_fmt(ap)}")
+            self.status_label.setText(f"step {update.step}: validation AP {format_metric(ap)}")
         elif update.kind == "checkpoint":
             self.last_output, self.last_step = Path(update.checkpoint), update.step
         elif update.kind == "preview" and update.labels is not None:
@@ -404,7 +403,7 @@ class FineTuneWidget(QWidget):
         self.last_output, self.last_step = Path(result.out), result.step
         ap = (result.metrics or {}).get("AP")
         text = f"Saved {Path(result.out).stem} (step {result.step}/{result.total}"
-        text += f", validation AP {_fmt(ap)}" if result.metrics else ""
+        text += f", validation AP {format_metric(ap)}" if result.metrics else ""
         text += f") in {result.seconds:.0f} s; it is in the Segment widget's model list."
         self.status_label.setText(f"{result.message}\n{text}" if result.message else text)
         self.publish()
@@ -442,15 +441,3 @@ class FineTuneWidget(QWidget):
         show_error(message)
         self.status_label.setText(message)
         return None
-
-
-def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setValue(value)
-    spin.setToolTip(tip)
-    return spin
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
