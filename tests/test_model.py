@@ -236,8 +236,12 @@ def test_baseline_is_torchvision_mask_rcnn():
         mine, _ = model.roi_heads(feats, proposals, images.image_sizes)
         tv, _ = tv_heads(feats, proposals, images.image_sizes)
     for key in ("boxes", "scores", "labels", "masks"):
-        assert torch.equal(out[key], reference[key]), key
         assert torch.equal(mine[0][key], tv[0][key]), key
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(out[key], reference[key]), key
+    # masks are pasted into the image in one batch (core.model.postprocess): the same values as
+    # torchvision's per-detection loop up to float rounding
+    torch.testing.assert_close(out["masks"], reference["masks"], rtol=0, atol=1e-5)
     assert out["displacement"].shape == (2, SIZE, SIZE)
     assert torch.count_nonzero(out["displacement"]) == 0  # no embedding in the baseline
 

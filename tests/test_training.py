@@ -106,6 +106,29 @@ def test_resume_after_cancel_continues_exactly(samples, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_data_workers_give_the_same_run_and_stop_when_cancelled(samples, tmp_path):
+    import multiprocessing
+
+    inline = _train_losses(
+        train(_config(samples, tmp_path / "a", iterations=4, synthetic_fraction=0.5))
+    )
+    cfg = _config(samples, tmp_path / "b", iterations=4, synthetic_fraction=0.5, data_workers=2)
+    assert _train_losses(train(cfg)) == pytest.approx(inline, rel=1e-6)
+    # cancelling mid-run leaves no worker process behind
+    run = train(_config(samples, tmp_path / "c", iterations=50, data_workers=2))
+    for event in run:
+        if event.iteration == 2:
+            break
+    assert multiprocessing.active_children()
+    run.close()
+    assert not multiprocessing.active_children()
+
+
+def test_data_workers_must_not_be_negative(samples, tmp_path):
+    with pytest.raises(ValueError, match="data_workers"):
+        list(train(_config(samples, tmp_path, data_workers=-1)))
+
+
 def test_baseline_then_two_stage_semiconv(samples, tmp_path):
     base_cfg = _config(
         samples, tmp_path, model=tiny_model_config(semiconv=False), iterations=1,

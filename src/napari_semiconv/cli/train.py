@@ -58,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes preparing the next batches while one trains (GPU runs; default 0)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         time_budget_s=args.time_budget,
+        data_workers=args.data_workers,
     )
     if args.folds is not None:
         if not 0 <= args.fold < args.folds:

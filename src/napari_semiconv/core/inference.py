@@ -97,6 +97,29 @@ def native_scale(model: torch.nn.Module) -> Iterator[None]:
         vars(transform).pop("resize", None)
 
 
+@contextlib.contextmanager
+def detection_threshold(model: torch.nn.Module, score_threshold: float) -> Iterator[None]:
+    """Let the model drop detections scoring below ``score_threshold`` before pasting masks.
+
+    torchvision keeps boxes scoring above ``roi_heads.score_thresh`` (0.05) and pastes a
+    full-size mask for each; most score below what :func:`segment` keeps. Dropping them first
+    gives the same worms: NMS only ever suppresses a box with a higher-scoring one, so the boxes
+    at or above the threshold and their order do not change. torchvision keeps scores strictly
+    above its threshold, so it is set to the largest float32 below ``score_threshold``.
+    """
+    heads = getattr(getattr(model, "module", model), "roi_heads", None)
+    if not hasattr(heads, "score_thresh"):  # another detector: its outputs are filtered after
+        yield
+        return
+    own = heads.score_thresh
+    below = float(np.nextafter(np.float32(score_threshold), np.float32(-np.inf)))
+    heads.score_thresh = max(own, below)
+    try:
+        yield
+    finally:
+        heads.score_thresh = own
+
+
 def _check_image(image: Any) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -235,7 +258,11 @@ def _segment_tiles(
                 )
                 for t in batch
             ]
-            with torch.inference_mode(), native_scale(model):
+            with (
+                torch.inference_mode(),
+                native_scale(model),
+                detection_threshold(model, score_threshold),
+            ):
                 outputs = model(inputs)
             for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
                 _collect(candidates, start + offset, tile, out, score_threshold, mask_threshold)
@@ -261,13 +288,22 @@ def _collect(
     score_threshold: float,
     mask_threshold: float,
 ) -> None:
-    """Append the tile's detections above the thresholds, as box crops in image coordinates."""
+    """Append the tile's detections above the thresholds, as box crops in image coordinates.
+
+    Thresholds and box extents are computed on the model's device for all detections at once
+    and copied to the host in one transfer each (a copy per detection costs a GPU sync each).
+    """
     keep = out["scores"] >= score_threshold
+    masks = out["masks"][keep][:, 0] > mask_threshold  # (N, H, W) bool
+    found_rows, found_cols = masks.any(dim=2), masks.any(dim=1)
     scores = out["scores"][keep].float().cpu().numpy()
-    probs = out["masks"][keep][:, 0]
-    for k in range(probs.shape[0]):
-        mask = (probs[k] > mask_threshold).cpu().numpy()
-        rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    masks_np, rows_np, cols_np = (
+        masks.cpu().numpy(),
+        found_rows.cpu().numpy(),
+        found_cols.cpu().numpy(),
+    )
+    for k in range(masks_np.shape[0]):
+        rows, cols = rows_np[k], cols_np[k]
         if not rows.any():
             continue  # a box whose mask is empty at this threshold is no worm
         y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
@@ -277,7 +313,7 @@ def _collect(
                 index,
                 tile.y0 + int(y0),
                 tile.x0 + int(x0),
-                mask[y0:y1, x0:x1].copy(),
+                masks_np[k, y0:y1, x0:x1].copy(),
                 float(scores[k]),
             )
         )
@@ -315,7 +351,11 @@ def segment_batch(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), native_scale(model):
+        with (
+            torch.inference_mode(),
+            native_scale(model),
+            detection_threshold(model, score_threshold),
+        ):
             outputs = model(
                 [torch.from_numpy(np.ascontiguousarray(g))[None].to(device) for g in greys]
             )

@@ -29,12 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data.distributed import DistributedSampler
 
 from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_semiconv.core.data.augment import augment
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.distributed import ProcessGroup
 from napari_semiconv.core.model.builder import build_model, load_baseline_weights
@@ -45,13 +42,7 @@ from napari_semiconv.core.training_config import (
     best_path,
     lr_factor,
 )
-from napari_semiconv.core.training_data import (
-    batch_indices,
-    load_samples,
-    random_crop,
-    sample_to_target,
-    synthetic_sample,
-)
+from napari_semiconv.core.training_data import iter_batches, load_samples, step_seed
 
 __all__ = [
     "TrainConfig",
@@ -63,10 +54,6 @@ __all__ = [
     "lr_factor",
     "train",
 ]
-
-
-def _step_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
 def _prepare_model(config: TrainConfig) -> tuple[torch.nn.Module, dict | None, list[str]]:
@@ -223,118 +210,113 @@ def _run(config: TrainConfig, group: ProcessGroup) -> Iterator[TrainProgress]:
     out = Path(config.out) if config.out else None
     if out is not None and group.main:
         out.parent.mkdir(parents=True, exist_ok=True)
-    sampler = DistributedSampler(
-        range(max(1, len(config.samples))),
-        num_replicas=group.world,
-        rank=group.rank,
-        shuffle=True,
-        seed=config.seed,
-    )
     use_amp = config.amp and group.device.type == "cuda"
-    from napari_semiconv.core.inference import native_scale
-
     yield TrainProgress(start, total, "train", message="; ".join(notes) or "starting")
     started, last_metrics = time.perf_counter(), None
     budget = config.time_budget_s
-    for step in range(start, total):
-        images, targets = _batch(config, sampler, step, group)
-        fraction = step / max(1, config.iterations)
-        if budget:
-            fraction = max(fraction, (time.perf_counter() - started) / budget)
-        for param_group in optim.param_groups:
-            param_group["lr"] = config.lr * lr_factor(config, step, fraction)
-        with (
-            native_scale(net),
-            torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=use_amp),
-        ):
-            losses = net(images, targets)
-        names = sorted(losses)
-        # the mean over ranks: every rank sees the same values, so all stop together on NaN
-        values = group.mean(torch.stack([losses[k].detach().float() for k in names]))
-        reported = dict(zip(names, values.tolist(), strict=True))
-        if not bool(torch.isfinite(values).all()):
-            raise TrainingDiverged(
-                f"loss became NaN/inf at step {step + 1} ({reported}); lower the learning rate "
-                f"(now {config.lr}); {_kept(out)}"
+    batches = iter_batches(config, start, total, group.rank, group.world, config.data_workers)
+    try:
+        for step in range(start, total):
+            images, targets = next(batches)
+            # the RPN and RoI heads sample anchors and proposals with torch's generator
+            torch.manual_seed(step_seed(config.seed, step, group.rank, 1))
+            images = [im.to(group.device, non_blocking=True) for im in images]
+            targets = [{k: v.to(group.device) for k, v in t.items()} for t in targets]
+            fraction = step / max(1, config.iterations)
+            if budget:
+                fraction = max(fraction, (time.perf_counter() - started) / budget)
+            for param_group in optim.param_groups:
+                param_group["lr"] = config.lr * lr_factor(config, step, fraction)
+            values, reported = _optimise(
+                net, optim, params, images, targets, config, use_amp, step, out, group
             )
-        optim.zero_grad(set_to_none=True)
-        sum(losses[k] for k in names).backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        if not bool(torch.isfinite(norm)):
-            raise TrainingDiverged(
-                f"gradient norm became NaN/inf at step {step + 1}; lower the learning rate; "
-                f"{_kept(out)}"
+            done = step + 1
+            elapsed = time.perf_counter() - started
+            if budget and group.agree(elapsed >= budget):
+                total = done  # the budget is spent: validate, checkpoint and stop at this step
+            yield TrainProgress(
+                done,
+                total,
+                "train",
+                losses={"loss": float(values.sum()), **reported},
+                lr=optim.param_groups[0]["lr"],
+                images_per_s=(done - start) * config.batch_size * group.world / max(elapsed, 1e-9),
+                eta_s=(total - done) * elapsed / (done - start),
             )
-        optim.step()
-        done = step + 1
-        elapsed = time.perf_counter() - started
-        if budget and group.agree(elapsed >= budget):
-            total = done  # the budget is spent: validate, checkpoint and stop at this step
-        yield TrainProgress(
-            done,
-            total,
-            "train",
-            losses={"loss": float(values.sum()), **reported},
-            lr=optim.param_groups[0]["lr"],
-            images_per_s=(done - start) * config.batch_size * group.world / max(elapsed, 1e-9),
-            eta_s=(total - done) * elapsed / (done - start),
-        )
-        if config.val_samples and (
-            done == total or (config.eval_every and done % config.eval_every == 0)
-        ):
-            if group.main:
-                last_metrics = _validate(model, config.val_samples)
-                _train_mode(model, heads_only)
-                yield TrainProgress(done, total, "val", metrics=last_metrics)
-                ap = last_metrics.get("AP")
-                if out is not None and ap is not None and ap > best:
-                    best = float(ap)
+            if config.val_samples and (
+                done == total or (config.eval_every and done % config.eval_every == 0)
+            ):
+                if group.main:
+                    last_metrics = _validate(model, config.val_samples)
+                    _train_mode(model, heads_only)
+                    yield TrainProgress(done, total, "val", metrics=last_metrics)
+                    ap = last_metrics.get("AP")
+                    if out is not None and ap is not None and ap > best:
+                        best = float(ap)
+                        card = _card(config, done, last_metrics, group.world)
+                        path = save_checkpoint(best_path(out), model, card)
+                        yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
+                group.barrier()
+            if out is not None and (done == total or done % config.checkpoint_every == 0):
+                if group.main:
+                    _check_finite(model, done, out)
+                    train_state = {
+                        "step": done,
+                        "optimizer": optim.state_dict(),
+                        "best_ap": best if math.isfinite(best) else None,
+                        "seed": config.seed,
+                    }
                     card = _card(config, done, last_metrics, group.world)
-                    path = save_checkpoint(best_path(out), model, card)
+                    path = save_checkpoint(out, model, card, train_state)
                     yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
-            group.barrier()
-        if out is not None and (done == total or done % config.checkpoint_every == 0):
-            if group.main:
-                _check_finite(model, done, out)
-                train_state = {
-                    "step": done,
-                    "optimizer": optim.state_dict(),
-                    "best_ap": best if math.isfinite(best) else None,
-                    "seed": config.seed,
-                }
-                card = _card(config, done, last_metrics, group.world)
-                path = save_checkpoint(out, model, card, train_state)
-                yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
-            group.barrier()
-        if done >= total:
-            break
+                group.barrier()
+            if done >= total:
+                break
+    finally:
+        batches.close()  # stops data workers, also when the caller cancels
     model.eval()
     yield TrainProgress(total, total, "done", metrics=last_metrics, model=model)
 
 
-def _batch(
-    config: TrainConfig, sampler: DistributedSampler, step: int, group: ProcessGroup
-) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """The images and targets of ``step`` on this rank, drawn from (seed, step, rank) alone.
+def _optimise(
+    net: torch.nn.Module,
+    optim: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    images: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    config: TrainConfig,
+    use_amp: bool,
+    step: int,
+    out: Path | None,
+    group: ProcessGroup,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One SGD step; (the losses averaged over ranks, the same by name). Stops on NaN/inf."""
+    from napari_semiconv.core.inference import native_scale
 
-    torch's generator is reseeded too: the RPN and RoI heads sample anchors and proposals.
-    """
-    rng = np.random.default_rng(_step_seed(config.seed, step, group.rank))
-    torch.manual_seed(_step_seed(config.seed, step, group.rank, 1))
-    images, targets = [], []
-    for index in batch_indices(sampler, step, config.batch_size):
-        if not config.samples or rng.random() < config.synthetic_fraction:
-            sample = synthetic_sample(config.model.input_mode, rng, config.crop)
-        else:
-            sample = config.samples[index]
-        if config.augment and len(sample.masks):  # (augment cannot take a worm-free image)
-            sample = augment(sample, rng, crop=config.crop, input_mode=config.model.input_mode)
-        elif config.crop:
-            sample = random_crop(sample, rng, config.crop)
-        image, target = sample_to_target(sample, group.device)
-        images.append(image)
-        targets.append(target)
-    return images, targets
+    with (
+        native_scale(net),
+        torch.autocast(group.device.type, dtype=torch.bfloat16, enabled=use_amp),
+    ):
+        losses = net(images, targets)
+    names = sorted(losses)
+    # the mean over ranks: every rank sees the same values, so all stop together on NaN
+    values = group.mean(torch.stack([losses[k].detach().float() for k in names]))
+    reported = dict(zip(names, values.tolist(), strict=True))
+    if not bool(torch.isfinite(values).all()):
+        raise TrainingDiverged(
+            f"loss became NaN/inf at step {step + 1} ({reported}); lower the learning rate "
+            f"(now {config.lr}); {_kept(out)}"
+        )
+    optim.zero_grad(set_to_none=True)
+    sum(losses[k] for k in names).backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if not bool(torch.isfinite(norm)):
+        raise TrainingDiverged(
+            f"gradient norm became NaN/inf at step {step + 1}; lower the learning rate; "
+            f"{_kept(out)}"
+        )
+    optim.step()
+    return values, reported
 
 
 def _kept(out: Path | None) -> str:

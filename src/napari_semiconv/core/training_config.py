@@ -37,6 +37,9 @@ class TrainConfig:
     :func:`best_path` (the best validation AP, checked every ``eval_every`` steps and at the end).
     ``resume=True`` continues from ``out``; without it an existing ``out`` is an error.
     ``base``: fine-tune from this checkpoint; ``train_heads_only`` freezes the backbone + FPN.
+
+    ``data_workers``: processes that build the coming steps' batches while the current one
+    trains (worth it on a GPU; the batches are the same as with 0, which builds them in turn).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -69,6 +72,7 @@ class TrainConfig:
     base: str | None = None
     train_heads_only: bool = False
     time_budget_s: float | None = None
+    data_workers: int = 0
     card: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -94,6 +98,8 @@ class TrainConfig:
             raise ValueError(
                 f"time_budget_s must be > 0 seconds (or None), got {self.time_budget_s}"
             )
+        if int(self.data_workers) < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.grad_clip <= 0 or self.checkpoint_every < 1 or self.eval_every < 0:
             raise ValueError("grad_clip and checkpoint_every must be > 0, eval_every >= 0")
 

@@ -1,12 +1,15 @@
 """What the trainer feeds the model: samples from disk, batches by step, targets, k-fold splits.
 
-Every random choice here takes an explicit ``numpy.random.Generator`` (the trainer seeds one per
-step), so a batch depends on (seed, step, rank) only and a resumed run repeats it exactly.
+Every random choice here takes an explicit ``numpy.random.Generator`` seeded per step, so a batch
+depends on (seed, step, rank) only and a resumed run repeats it exactly. That also lets
+:func:`iter_batches` build the batches of the coming steps in worker processes while the GPU
+trains on the current one: the same batches, in the same order.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,9 @@ from napari_semiconv.core.data.sample import Sample
 
 __all__ = [
     "batch_indices",
+    "iter_batches",
+    "step_batch",
+    "step_seed",
     "kfold_split",
     "load_samples",
     "random_crop",
@@ -145,3 +151,87 @@ def synthetic_sample(input_mode: str, rng: np.random.Generator, size: int | None
     side = int(size or 256)
     image, masks = render_worms((side, side), rng=rng, mode=input_mode)
     return Sample(normalise(image, input_mode), np.asarray(masks, dtype=bool), "synthetic")
+
+
+def step_seed(*keys: int) -> int:
+    """A 32-bit seed drawn from the integers ``keys`` (e.g. seed, step, rank)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+
+def _sampler(config: Any, rank: int, world: int) -> DistributedSampler:
+    return DistributedSampler(
+        range(max(1, len(config.samples))),
+        num_replicas=world,
+        rank=rank,
+        shuffle=True,
+        seed=config.seed,
+    )
+
+
+def step_batch(config: Any, step: int, rank: int = 0, world: int = 1) -> Batch:
+    """The (images, targets) of ``step`` on ``rank``, on the CPU, from (seed, step, rank) alone.
+
+    ``config`` is a TrainConfig with its samples loaded. Items are synthetic worms with
+    probability ``synthetic_fraction`` (always without samples), augmented (``augment``) or
+    cropped to ``crop``.
+    """
+    from napari_semiconv.core.data.augment import augment
+
+    rng = np.random.default_rng(step_seed(config.seed, step, rank))
+    sampler = _sampler(config, rank, world)
+    images, targets = [], []
+    for index in batch_indices(sampler, step, config.batch_size):
+        if not config.samples or rng.random() < config.synthetic_fraction:
+            sample = synthetic_sample(config.model.input_mode, rng, config.crop)
+        else:
+            sample = config.samples[index]
+        if config.augment and len(sample.masks):  # (augment cannot take a worm-free image)
+            sample = augment(sample, rng, crop=config.crop, input_mode=config.model.input_mode)
+        elif config.crop:
+            sample = random_crop(sample, rng, config.crop)
+        image, target = sample_to_target(sample)
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i: the batch of step ``start + i`` (for a DataLoader's worker processes)."""
+
+    def __init__(self, config: Any, start: int, stop: int, rank: int, world: int) -> None:
+        self.config, self.start, self.stop, self.rank, self.world = config, start, stop, rank, world
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> Batch:
+        return step_batch(self.config, self.start + i, self.rank, self.world)
+
+
+def iter_batches(
+    config: Any, start: int, stop: int, rank: int = 0, world: int = 1, workers: int = 0
+) -> Iterator[Batch]:
+    """The CPU batches of steps ``start`` .. ``stop - 1`` in order.
+
+    ``workers`` > 0 builds them in that many processes, a few steps ahead (torch's DataLoader);
+    closing the iterator stops them. 0 builds each when asked, in this process.
+    """
+    if workers <= 0:
+        for step in range(start, stop):
+            yield step_batch(config, step, rank, world)
+        return
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(config, start, stop, rank, world),
+        batch_size=None,  # an item is already a whole batch
+        shuffle=False,
+        num_workers=int(workers),
+        prefetch_factor=2,
+    )
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        del batches  # shuts the worker processes down

@@ -34,6 +34,8 @@ from napari_semiconv.core.model.embedding import (
     dense_embedding_loss,
     displacement_map,
 )
+from napari_semiconv.core.model.postprocess import postprocess_detections
+from napari_semiconv.core.model.roi_align import MultiScaleRoIAlign
 from napari_semiconv.core.model.roi_heads import SemiConvRoIHeads
 
 __all__ = ["SemiConvMaskRCNN", "build_model", "load_baseline_weights", "NUM_CLASSES"]
@@ -42,6 +44,9 @@ __all__ = ["SemiConvMaskRCNN", "build_model", "load_baseline_weights", "NUM_CLAS
 NUM_CLASSES = 2
 
 # torchvision's box-branch defaults, passed both to MaskRCNN and to the replacement RoI heads.
+# the FPN levels RoIs are pooled from (stride 4 to 32); 'pool' (stride 64) is for the RPN only
+_FPN_LEVELS = ["0", "1", "2", "3"]
+
 _BOX_TRAINING = {
     "fg_iou_thresh": 0.5,
     "bg_iou_thresh": 0.5,
@@ -120,11 +125,14 @@ class SemiConvMaskRCNN(MaskRCNN):
             image_std=[config.image_std],
             rpn_anchor_generator=anchors,
             rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            # torchvision's pooler settings, over the RoIAlign with a fast CPU backward
+            box_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, output_size=7, sampling_ratio=2),
             box_head=box_head,
             box_predictor=FastRCNNPredictor(config.box_head_width, NUM_CLASSES),
             box_score_thresh=config.box_score_thresh,
             box_nms_thresh=config.box_nms_thresh,
             box_detections_per_img=config.detections_per_img,
+            mask_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, output_size=14, sampling_ratio=2),
             mask_head=MaskRCNNHeads(channels, [width] * 4, 1),
             mask_predictor=_mask_predictor(width),
             box_fg_iou_thresh=_BOX_TRAINING["fg_iou_thresh"],
@@ -190,7 +198,8 @@ class SemiConvMaskRCNN(MaskRCNN):
                     dense_embedding_loss(phi, masks, self.config.embed_unit_px)
                 )
             return losses
-        detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        # torchvision's transform.postprocess, but pasting all masks at once (a loop there)
+        detections = postprocess_detections(detections, image_list.image_sizes, original_sizes)
         for i, det in enumerate(detections):
             if phi is None:
                 det["displacement"] = torch.zeros(

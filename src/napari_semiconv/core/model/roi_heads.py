@@ -23,9 +23,9 @@ from torchvision.models.detection.roi_heads import (
     maskrcnn_loss,
     project_masks_on_boxes,
 )
-from torchvision.ops import roi_align
 
 from napari_semiconv.core.model.embedding import EMBED_STRIDE
+from napari_semiconv.core.model.roi_align import roi_align
 from napari_semiconv.core.operators import LearnableSigma
 
 # Added under the square root of ‖Ψ_u − Ψ_s‖² so its gradient stays finite at distance 0.
