@@ -3,7 +3,7 @@
 # parallel on one GPU, the bundled models cut from fold 0, and the GPU speed benchmark.
 # Run from the repository root on the GPU machine, with the BBBC010 training wells copied to
 # gpu_data/bbbc010/train (w2 images, eachworm/, foreground/) and wheels for missing packages in .whl/.
-#   BUDGET=330 bash benchmarks/gpu_session.sh
+#   BUDGET=330 bash benchmarks/gpu_session.sh      (BUDGET=0: the speed measurements only)
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 out=${OUT:-out}
@@ -17,6 +17,13 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+# 1. speed first (a minute): the bundled models end to end (the <= 15 ms target) and the mask paste
+python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
+  --models worms-brightfield,worms-binary --json-out runs/speed_gpu.json 2>&1 | tail -8
+python3 benchmarks/paste_masks.py --device "${DEVICE:-cuda}" --threads 16 2>&1 | tee runs/paste_gpu.txt
+cp runs/speed_gpu.json runs/paste_gpu.txt "$out/" 2>/dev/null
+if [ "${BUDGET:-330}" = "0" ]; then ls -la "$out"; exit 0; fi
+# 2. cross-validation, the bundled models cut from fold 0
 python3 benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
   --recipes "${RECIPES:-binary-semiconv,binary-plain,brightfield-semiconv}" \
   --time-budget "${BUDGET:-330}" --device "${DEVICE:-cuda}" --batch-size "${BATCH:-4}" \
@@ -27,7 +34,8 @@ for r in binary brightfield; do
     split -b 15m "runs/worms-$r.pt" "$out/worms-$r.pt.part-"
   fi
 done
+# 3. speed of the newly trained models
 python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
-  --models runs/worms-brightfield.pt,runs/worms-binary.pt --json-out runs/speed_gpu.json 2>&1 | tail -8
-tar czf "$out/results.tgz" runs/crossval.log runs/cv/*.json runs/cv/*.md runs/cv/*.log runs/speed_gpu.json 2>/dev/null; cp runs/cv/crossval.json runs/speed_gpu.json "$out/" 2>/dev/null
+  --models runs/worms-brightfield.pt,runs/worms-binary.pt --json-out runs/speed_gpu_new.json 2>&1 | tail -8
+tar czf "$out/results.tgz" runs/crossval.log runs/cv/*.json runs/cv/*.md runs/cv/*.log runs/speed_gpu*.json 2>/dev/null; cp runs/cv/crossval.json runs/speed_gpu*.json "$out/" 2>/dev/null
 ls -la "$out"
