@@ -124,6 +124,16 @@ def test_data_workers_give_the_same_run_and_stop_when_cancelled(samples, tmp_pat
     assert not multiprocessing.active_children()
 
 
+def test_time_budget_stops_the_run_and_bounds_the_eta(samples, tmp_path):
+    events = list(train(_config(samples, tmp_path, iterations=1000, time_budget_s=1e-3)))
+    steps = [e for e in events if e.phase == "train" and e.losses]
+    # the budget is spent after the first step: it is validated, checkpointed and the run ends
+    assert [e.iteration for e in steps] == [1] and steps[0].total == 1
+    assert steps[0].eta_s == 0.0
+    assert load_checkpoint(tmp_path / "model.pt").train_state["step"] == 1
+    assert events[-1].phase == "done"
+
+
 def test_data_workers_must_not_be_negative(samples, tmp_path):
     with pytest.raises(ValueError, match="data_workers"):
         list(train(_config(samples, tmp_path, data_workers=-1)))

@@ -241,7 +241,7 @@ def _run(config: TrainConfig, group: ProcessGroup) -> Iterator[TrainProgress]:
                 losses={"loss": float(values.sum()), **reported},
                 lr=optim.param_groups[0]["lr"],
                 images_per_s=(done - start) * config.batch_size * group.world / max(elapsed, 1e-9),
-                eta_s=(total - done) * elapsed / (done - start),
+                eta_s=_eta(total - done, elapsed / (done - start), budget, elapsed),
             )
             if config.val_samples and (
                 done == total or (config.eval_every and done % config.eval_every == 0)
@@ -317,6 +317,12 @@ def _optimise(
         )
     optim.step()
     return values, reported
+
+
+def _eta(steps_left: int, s_per_step: float, budget: float | None, elapsed: float) -> float:
+    """Seconds to go: the steps left at the pace so far, or what is left of the time budget."""
+    eta = steps_left * s_per_step
+    return min(eta, max(0.0, budget - elapsed)) if budget else eta
 
 
 def _kept(out: Path | None) -> str:

@@ -172,10 +172,15 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
         if len(levels) == 1:
             return roi_align(first, rois, self.output_size, self.scales[0], self.sampling_ratio)
         which = self.map_levels(boxes)
-        result = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
+        parts, order = [], []
         for level, (feature, scale) in enumerate(zip(levels, self.scales, strict=True)):
             index = torch.where(which == level)[0]
             pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
-            # autocast may give levels different dtypes: match the result's before copying
-            result = result.index_copy(0, index, pooled.to(result.dtype))
-        return result
+            # autocast may give levels different dtypes: the first level's for all
+            parts.append(pooled.to(first.dtype))
+            order.append(index)
+        # back to the RoIs' order with one gather (writing each level into a zero tensor would
+        # copy the whole result, and its gradient, once per level)
+        position = torch.empty_like(which, dtype=torch.long)
+        position[torch.cat(order)] = torch.arange(rois.shape[0], device=rois.device)
+        return torch.cat(parts).index_select(0, position)
