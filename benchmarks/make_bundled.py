@@ -33,7 +33,9 @@ def strip(src: str, dst: str) -> Path:
     return save_checkpoint(dst, model, ckpt.card, train_state=None, half=True)
 
 
-def bundle(src: str, name: str, crossval: str | None, recipe: str | None) -> Path:
+def bundle(
+    src: str, name: str, crossval: str | None, recipe: str | None, note: str | None = None
+) -> Path:
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt, device="cpu")
     card = dict(ckpt.card)
@@ -46,6 +48,8 @@ def bundle(src: str, name: str, crossval: str | None, recipe: str | None) -> Pat
             "device": report.get("device"),
             "metrics": report["summary"].get(recipe, {}),
         }
+    if note:  # how this file came to be, where it differs from the recipe cross-validated
+        card["history"] = note
     BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
     dst = BUNDLED_DIR / f"{name}.pt"
     save_checkpoint(dst, model, card, train_state=None, half=True, overwrite=True)
@@ -78,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("name")
     b.add_argument("--crossval")
     b.add_argument("--recipe")
+    b.add_argument("--note", help="the model's history, recorded in its card")
     args = p.parse_args(argv)
     if args.cmd == "strip":
         print(strip(args.src, args.dst))
     else:
-        bundle(args.src, args.name, args.crossval, args.recipe)
+        bundle(args.src, args.name, args.crossval, args.recipe, args.note)
     return 0
 
 

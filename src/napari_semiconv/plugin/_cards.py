@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 # card keys shown first, in this order; anything else follows (versions are left out)
-_FIRST = ("name", "description", "input_mode", "normalisation", "data", "training_data", "recipe")
+_FIRST = (
+    "name",
+    "description",
+    "history",
+    "input_mode",
+    "normalisation",
+    "data",
+    "training_data",
+    "recipe",
+)
 _SKIP = {"versions", "train_state"}
 
 
