@@ -21,26 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+from toy_worms import tiny_model_config
 
 from napari_semiconv.core.model.config import ModelConfig
 
 
 def tiny_config(input_mode: str = "binary", **overrides) -> ModelConfig:
-    """The smallest useful resnet18 model: narrow FPN and heads, every box kept (score 0)."""
+    """The smallest useful resnet18 model: narrower than toy_worms' and every box kept (score 0)."""
     options = dict(
-        backbone="resnet18",
         input_mode=input_mode,
-        min_size=128,
         max_size=160,
         fpn_channels=16,
         box_head_width=32,
-        mask_head_width=16,
         embed_hidden=16,
         detections_per_img=4,
         box_score_thresh=0.0,
     )
     options.update(overrides)
-    return ModelConfig(**options)
+    return tiny_model_config(**options)
 
 
 def save_tiny_model(path: Path, input_mode: str = "binary", seed: int = 0, **overrides) -> Path:

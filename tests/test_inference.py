@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from toy_worms import tiny_model_config, toy_worms
+from toy_worms import run_steps, tiny_model_config, toy_worms
 
 from napari_semiconv.core import model_store
 from napari_semiconv.core.checkpoint import CheckpointError, save_checkpoint
@@ -91,13 +91,7 @@ def test_segment_tiles_a_large_image(model):
     steps = segment_steps(
         model, image, score_threshold=0.0, mask_threshold=0.1, tile_size=96, overlap=24
     )
-    events = []
-    while True:
-        try:
-            events.append(next(steps))
-        except StopIteration as stop:
-            inst = stop.value
-            break
+    events, inst = run_steps(steps)
     n_tiles = len(tile_grid(200, 230, 96, 24))
     assert n_tiles == 9
     assert events[0].done == 0 and events[-1].done == events[-1].total == n_tiles

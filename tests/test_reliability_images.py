@@ -15,7 +15,7 @@ import pytest
 import tifffile
 import torch
 from reliability_kit import ComponentDetector, save_tiny_model
-from toy_worms import toy_worms
+from toy_worms import run_steps, toy_worms
 
 import napari_semiconv
 from napari_semiconv.cli.main import main
@@ -258,13 +258,7 @@ def test_huge_image_is_tiled_within_the_stated_memory(models):
     try:
         tracemalloc.reset_peak()
         steps = segment_steps(detector, image, score_threshold=0.0, tile_size=1024, overlap=64)
-        events = []
-        while True:
-            try:
-                events.append(next(steps))
-            except StopIteration as stop:
-                inst = stop.value
-                break
+        events, inst = run_steps(steps)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -59,3 +59,13 @@ def write_folders_dataset(
         tifffile.imwrite(root / "images" / f"{prefix}{i}.tif", (image * 255).astype(np.uint8))
         tifffile.imwrite(root / "labels" / f"{prefix}{i}.tif", labels_from_instances(masks))
     return root
+
+
+def run_steps(steps) -> tuple[list, object]:
+    """Drain a generator such as ``segment_steps``: (the events it yielded, its return value)."""
+    events = []
+    while True:
+        try:
+            events.append(next(steps))
+        except StopIteration as stop:
+            return events, stop.value

@@ -290,20 +290,15 @@ def _collect(
 ) -> None:
     """Append the tile's detections above the thresholds, as box crops in image coordinates.
 
-    Thresholds and box extents are computed on the model's device for all detections at once
-    and copied to the host in one transfer each (a copy per detection costs a GPU sync each).
+    All masks are thresholded on the model's device and copied to the host in one transfer (a
+    copy per detection costs a GPU sync each).
     """
     keep = out["scores"] >= score_threshold
-    masks = out["masks"][keep][:, 0] > mask_threshold  # (N, H, W) bool
-    found_rows, found_cols = masks.any(dim=2), masks.any(dim=1)
     scores = out["scores"][keep].float().cpu().numpy()
-    masks_np, rows_np, cols_np = (
-        masks.cpu().numpy(),
-        found_rows.cpu().numpy(),
-        found_cols.cpu().numpy(),
-    )
-    for k in range(masks_np.shape[0]):
-        rows, cols = rows_np[k], cols_np[k]
+    masks = (out["masks"][keep][:, 0] > mask_threshold).cpu().numpy()  # (N, H, W) bool
+    found_rows, found_cols = masks.any(axis=2), masks.any(axis=1)
+    for k in range(masks.shape[0]):
+        rows, cols = found_rows[k], found_cols[k]
         if not rows.any():
             continue  # a box whose mask is empty at this threshold is no worm
         y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
@@ -313,7 +308,7 @@ def _collect(
                 index,
                 tile.y0 + int(y0),
                 tile.x0 + int(x0),
-                masks_np[k, y0:y1, x0:x1].copy(),
+                masks[k, y0:y1, x0:x1].copy(),
                 float(scores[k]),
             )
         )

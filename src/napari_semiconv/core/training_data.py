@@ -161,27 +161,17 @@ def step_seed(*keys: int) -> int:
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
 
-def _sampler(config: Any, rank: int, world: int) -> DistributedSampler:
-    return DistributedSampler(
-        range(max(1, len(config.samples))),
-        num_replicas=world,
-        rank=rank,
-        shuffle=True,
-        seed=config.seed,
-    )
+def step_batch(config: Any, sampler: DistributedSampler, step: int) -> Batch:
+    """The (images, targets) of ``step`` on the sampler's rank, on the CPU, from (seed, step,
+    rank) alone.
 
-
-def step_batch(config: Any, step: int, rank: int = 0, world: int = 1) -> Batch:
-    """The (images, targets) of ``step`` on ``rank``, on the CPU, from (seed, step, rank) alone.
-
-    ``config`` is a TrainConfig with its samples loaded. Items are synthetic worms with
-    probability ``synthetic_fraction`` (always without samples), augmented (``augment``) or
-    cropped to ``crop``.
+    ``config`` is a TrainConfig with its samples loaded; ``sampler`` deals them to the ranks.
+    Items are synthetic worms with probability ``synthetic_fraction`` (always without samples),
+    augmented (``augment``) or cropped to ``crop``.
     """
     from napari_semiconv.core.data.augment import augment
 
-    rng = np.random.default_rng(step_seed(config.seed, step, rank))
-    sampler = _sampler(config, rank, world)
+    rng = np.random.default_rng(step_seed(config.seed, step, sampler.rank))
     images, targets = [], []
     for index in batch_indices(sampler, step, config.batch_size):
         if not config.samples or rng.random() < config.synthetic_fraction:
@@ -199,16 +189,23 @@ def step_batch(config: Any, step: int, rank: int = 0, world: int = 1) -> Batch:
 
 
 class _StepBatches(torch.utils.data.Dataset):
-    """Item i: the batch of step ``start + i`` (for a DataLoader's worker processes)."""
+    """Item i: the batch of step ``start + i`` on ``rank`` of ``world``."""
 
     def __init__(self, config: Any, start: int, stop: int, rank: int, world: int) -> None:
-        self.config, self.start, self.stop, self.rank, self.world = config, start, stop, rank, world
+        self.config, self.start, self.stop = config, start, stop
+        self.sampler = DistributedSampler(
+            range(max(1, len(config.samples))),
+            num_replicas=world,
+            rank=rank,
+            shuffle=True,
+            seed=config.seed,
+        )
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int) -> Batch:
-        return step_batch(self.config, self.start + i, self.rank, self.world)
+        return step_batch(self.config, self.sampler, self.start + i)
 
 
 def iter_batches(
@@ -219,12 +216,12 @@ def iter_batches(
     ``workers`` > 0 builds them in that many processes, a few steps ahead (torch's DataLoader);
     closing the iterator stops them. 0 builds each when asked, in this process.
     """
+    steps = _StepBatches(config, start, stop, rank, world)
     if workers <= 0:
-        for step in range(start, stop):
-            yield step_batch(config, step, rank, world)
+        yield from (steps[i] for i in range(len(steps)))
         return
     loader = torch.utils.data.DataLoader(
-        _StepBatches(config, start, stop, rank, world),
+        steps,
         batch_size=None,  # an item is already a whole batch
         shuffle=False,
         num_workers=int(workers),
