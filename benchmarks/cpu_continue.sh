@@ -6,6 +6,7 @@
 # 89 % of the time budget). The trainer validates on fold 0's 10 held-out wells at the end and
 # records the metrics in the checkpoint's model card.
 #   bash benchmarks/cpu_continue.sh ../shared/data/bbbc010/train runs/cpu 2700
+# (WARMUP=10 for a shorter warm-up when continuing an already trained model; MODES=binary for one)
 # then, for each mode, if the held-out metrics improved on the bundled model's:
 #   python benchmarks/make_bundled.py bundle runs/cpu/<mode>.fold0.pt worms-<mode> \
 #     --crossval docs/crossval.json --recipe <mode>-semiconv --note "..."
@@ -18,6 +19,6 @@ mkdir -p "$out"
 for mode in $modes; do
   napari-semiconv train --data "$data" --layout bbbc010 --input "$mode" --base "worms-$mode" \
     --folds 5 --fold 0 --time-budget "$budget" --iterations 100000 --batch-size 8 --crop 256 \
-    --lr 0.01 --warmup 50 --device cpu --checkpoint-every 50 --out "$out/$mode.pt" \
+    --lr 0.01 --warmup ${WARMUP:-50} --device cpu --checkpoint-every 50 --out "$out/$mode.pt" \
     2>&1 | tee "$out/$mode.log"
 done

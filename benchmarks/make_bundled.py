@@ -34,7 +34,13 @@ def strip(src: str, dst: str) -> Path:
 
 
 def bundle(
-    src: str, name: str, crossval: str | None, recipe: str | None, note: str | None = None
+    src: str,
+    name: str,
+    crossval: str | None,
+    recipe: str | None,
+    note: str | None = None,
+    metrics: str | None = None,
+    metrics_note: str | None = None,
 ) -> Path:
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt, device="cpu")
@@ -50,6 +56,9 @@ def bundle(
         }
     if note:  # how this file came to be, where it differs from the recipe cross-validated
         card["history"] = note
+    if metrics:  # the trainer's own validation figures, replaced by a later evaluation
+        card["metrics"] = json.loads(Path(metrics).read_text().strip().splitlines()[-1])
+        card["metrics_protocol"] = metrics_note or f"from {Path(metrics).name}"
     BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
     dst = BUNDLED_DIR / f"{name}.pt"
     save_checkpoint(dst, model, card, train_state=None, half=True, overwrite=True)
@@ -83,11 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--crossval")
     b.add_argument("--recipe")
     b.add_argument("--note", help="the model's history, recorded in its card")
+    b.add_argument(
+        "--metrics",
+        help="replace the card's metrics with this file's last line (`evaluate --json` output)",
+    )
+    b.add_argument("--metrics-note", help="how --metrics was measured, recorded in the card")
     args = p.parse_args(argv)
     if args.cmd == "strip":
         print(strip(args.src, args.dst))
     else:
-        bundle(args.src, args.name, args.crossval, args.recipe, args.note)
+        bundle(
+            args.src,
+            args.name,
+            args.crossval,
+            args.recipe,
+            args.note,
+            args.metrics,
+            args.metrics_note,
+        )
     return 0
 
 

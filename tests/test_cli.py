@@ -131,6 +131,23 @@ def test_predict_from_run_refuses_a_changed_model(trained, dataset, tmp_path, ca
     assert "not the one the run used" in capsys.readouterr().err
 
 
+def test_predict_replays_an_older_record_as_it_was_made(trained, dataset, tmp_path, capsys):
+    # a record written before mask-overlap suppression existed has no max_overlap: the replay
+    # must not add the suppression nor the binary foreground clipping that run did not have
+    out, _ = trained
+    image = str(dataset / "images" / "img2.tif")
+    assert main(["predict", image, "--model", str(out), "--out", str(tmp_path / "a"),
+                 "--device", "cpu", "--max-overlap", "0.2", "--no-foreground"]) == 0  # fmt: skip
+    run = json.loads((tmp_path / "a" / "img2_run.json").read_text())
+    assert run["settings"]["max_overlap"] == 0.2 and run["settings"]["use_foreground"] is False
+    del run["settings"]["max_overlap"], run["settings"]["use_foreground"]
+    (tmp_path / "old.json").write_text(json.dumps(run))
+    assert main(["predict", image, "--from-run", str(tmp_path / "old.json"),
+                 "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0  # fmt: skip
+    replayed = json.loads((tmp_path / "b" / "img2_run.json").read_text())["settings"]
+    assert replayed["max_overlap"] == 1.0 and replayed["use_foreground"] is False
+
+
 def test_models_lists_user_models(trained, tmp_path, monkeypatch, capsys):
     out, _ = trained
     monkeypatch.setenv("SEMICONV_MODEL_DIR", str(tmp_path))

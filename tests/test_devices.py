@@ -37,3 +37,11 @@ def test_unknown_and_unavailable_devices_raise_value_error():
         assert resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(TypeError):
         resolve_device(0)
+
+
+def test_bf16_autocast_pays_only_where_the_hardware_has_bf16():
+    from napari_semiconv.core.devices import bf16_autocast_pays
+
+    assert bf16_autocast_pays(torch.device("cuda:0")) is True
+    assert bf16_autocast_pays(torch.device("mps")) is False
+    assert isinstance(bf16_autocast_pays(torch.device("cpu")), bool)

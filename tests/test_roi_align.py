@@ -136,3 +136,26 @@ def test_training_with_many_channels_takes_the_sparse_path(monkeypatch):
     features = torch.randn(1, module.SPARSE_MIN_CHANNELS, 8, 8, requires_grad=True)
     roi_align(features, torch.tensor([[0.0, 1.0, 1.0, 20.0, 12.0]]), 7, 0.25, 2).sum().backward()
     assert calls == [1]
+
+
+def test_bf16_features_are_pooled_in_float32_by_the_sparse_path(monkeypatch):
+    """Under CPU bf16 autocast the FPN levels are bf16: the sparse path still serves them."""
+    import napari_semiconv.core.model.roi_align as module
+
+    calls = []
+    original = module.roi_align_sparse
+    monkeypatch.setattr(
+        module, "roi_align_sparse", lambda *a, **k: calls.append(a[0].dtype) or original(*a, **k)
+    )
+    torch.manual_seed(0)
+    features = torch.randn(2, module.SPARSE_MIN_CHANNELS, 10, 12).to(torch.bfloat16)
+    features.requires_grad_(True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 30.0, 20.0], [1.0, 4.0, 0.0, 44.0, 39.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = roi_align(features, rois, 7, 0.25, 2, aligned=True)
+    assert calls == [torch.float32] and pooled.dtype == torch.bfloat16
+    expected = torchvision.ops.roi_align(features.detach().float(), rois, 7, 0.25, 2, True)
+    torch.testing.assert_close(pooled.float(), expected, rtol=1e-2, atol=1e-2)
+    pooled.float().sum().backward()
+    assert features.grad is not None and features.grad.dtype == torch.bfloat16
+    assert float(features.grad.float().abs().sum()) > 0

@@ -70,6 +70,25 @@ def widget(make_napari_viewer, tiny_model):
     return w
 
 
+def test_thresholds_follow_the_models_input_mode(make_napari_viewer, tiny_model):
+    from napari_semiconv.core.refine import postprocess_defaults
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    w = SegmentWidget(make_napari_viewer())
+    binary, brightfield = postprocess_defaults("binary"), postprocess_defaults("brightfield")
+    assert binary != brightfield
+    assert w.set_model("worms-binary")
+    assert w.mask_spin.value() == pytest.approx(binary["mask_threshold"])
+    assert w.overlap_spin.value() == pytest.approx(binary["max_overlap"])
+    assert w.set_model("worms-brightfield")
+    assert w.mask_spin.value() == pytest.approx(brightfield["mask_threshold"])
+    assert w.overlap_spin.value() == pytest.approx(brightfield["max_overlap"])
+    # a user's value survives a change to another model of the same input mode (the tiny one)
+    w.mask_spin.setValue(0.65)
+    assert w.set_model(str(tiny_model))
+    assert w.mask_spin.value() == pytest.approx(0.65)
+
+
 def _run(qtbot, w) -> None:
     assert w.segment() is not None
     qtbot.waitUntil(lambda: not w.running, timeout=LONG)

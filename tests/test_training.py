@@ -106,6 +106,22 @@ def test_resume_after_cancel_continues_exactly(samples, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_cpu_bf16_autocast_trains_and_can_be_turned_off(samples, tmp_path, monkeypatch):
+    import napari_semiconv.core.training as training
+
+    # as on a CPU with native bf16 (AMX / AVX512-BF16), whatever this machine has
+    monkeypatch.setattr(training, "bf16_autocast_pays", lambda device: True)
+    fp32 = _train_losses(train(_config(samples, tmp_path / "a", amp=False)))
+    bf16 = _train_losses(train(_config(samples, tmp_path / "b", amp=True)))
+    assert set(bf16) == set(fp32) and all(math.isfinite(v) for v in bf16.values())
+    # the first step (same weights, same batch) agrees to bf16 precision and is not identical:
+    # the autocast really ran
+    assert bf16[1] == pytest.approx(fp32[1], rel=0.05) and bf16[1] != fp32[1]
+    # without native bf16 the CPU keeps float32 even with amp on
+    monkeypatch.setattr(training, "bf16_autocast_pays", lambda device: False)
+    assert _train_losses(train(_config(samples, tmp_path / "c", amp=True))) == fp32
+
+
 def test_data_workers_give_the_same_run_and_stop_when_cancelled(samples, tmp_path):
     import multiprocessing
 

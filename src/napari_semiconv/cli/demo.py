@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.export import write_run_outputs
     from napari_semiconv.core.inference import load_model, run_info, segment
     from napari_semiconv.core.overlay import write_overlay_png
+    from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_defaults
     from napari_semiconv.core.synthetic.worms import synthetic_worms
 
     model = load_model(args.model, device=args.device)
@@ -54,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=False)
     sample_path = out / "sample.tif"
     tifffile.imwrite(sample_path, image)
-    settings = {"score_threshold": 0.5, "mask_threshold": 0.5, "tile_size": None, "overlap": 64}
+    settings = {
+        "score_threshold": DEFAULT_SCORE_THRESHOLD,
+        **postprocess_defaults(model.config.input_mode),
+        "tile_size": None,
+        "overlap": 64,
+    }
     started = time.perf_counter()
     result = segment(model, image, **settings)
     seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ import json
 import math
 
 from napari_semiconv.cli.common import add_data_arguments, split_wells
+from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,8 +20,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", required=True, help="model name (see `models`) or checkpoint path")
     add_data_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--score-threshold", type=float, default=0.5)
-    p.add_argument("--mask-threshold", type=float, default=0.5)
+    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
+    p.add_argument("--mask-threshold", type=float, help="default: the model's input mode's")
+    p.add_argument("--max-overlap", type=float, help="default: the model's input mode's")
+    p.add_argument(
+        "--no-foreground",
+        dest="use_foreground",
+        action="store_false",
+        help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
+    )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     p.set_defaults(run=run)
@@ -57,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                 sample.image,
                 score_threshold=args.score_threshold,
                 mask_threshold=args.mask_threshold,
+                max_overlap=args.max_overlap,
+                use_foreground=args.use_foreground,
                 tile_size=args.tile_size,
                 preprocessed=True,
             )

@@ -13,10 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-#: Settings recorded in a run record and replayed by --from-run, with their defaults.
+from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_defaults
+
+#: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
+#: model's input mode's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
+#: from before max_overlap existed is replayed as that run was made: no mask-overlap suppression
+#: and no use of a binary input's foreground.
 DEFAULTS = {
-    "score_threshold": 0.5,
-    "mask_threshold": 0.5,
+    "score_threshold": DEFAULT_SCORE_THRESHOLD,
+    "mask_threshold": None,
+    "max_overlap": None,
+    "use_foreground": True,
     "tile_size": None,
     "overlap": 64,
     "batch_size": 1,
@@ -35,6 +42,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--score-threshold", type=float)
     p.add_argument("--mask-threshold", type=float)
+    p.add_argument(
+        "--max-overlap",
+        type=float,
+        help="drop the lower-scoring of two worms whose masks overlap above this IoU (1: keep)",
+    )
+    p.add_argument(
+        "--no-foreground",
+        dest="use_foreground",
+        action="store_const",
+        const=False,
+        help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
+    )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 64)")
     p.add_argument("--from-run", metavar="RUN.json", help="replay the model + settings of a run")
@@ -83,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         record = read_run_json(args.from_run)
         recorded = record.get("settings") or {}
         settings.update({k: recorded[k] for k in DEFAULTS if k in recorded})
+        if "max_overlap" not in recorded:
+            settings.update(max_overlap=1.0, use_foreground=False)
         if args.model:  # an explicit --model replaces the recorded one
             model = load_model(args.model, device=args.device)
         else:
@@ -91,9 +112,19 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, device=args.device)
     else:
         raise ValueError("give --model (a name or checkpoint path) or --from-run RUN.json")
-    for key in ("score_threshold", "mask_threshold", "tile_size", "overlap"):
+    for key in (
+        "score_threshold",
+        "mask_threshold",
+        "max_overlap",
+        "use_foreground",
+        "tile_size",
+        "overlap",
+    ):
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record
+            settings[key] = value
+    for key, value in postprocess_defaults(model.config.input_mode).items():
+        if settings[key] is None:
             settings[key] = value
     out = Path(args.out)
     stems = [Path(p).stem for p in args.images]

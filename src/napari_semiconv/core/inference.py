@@ -23,12 +23,18 @@ import torch
 from napari_semiconv.core.measurements import labels_from_instances
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise, to_grey
+from napari_semiconv.core.refine import (
+    DEFAULT_SCORE_THRESHOLD,
+    postprocess_defaults,
+    refine_instances,
+)
 from napari_semiconv.core.tiling import Candidate, merge_candidates, tile_grid
 
 __all__ = [
     "Instances",
     "SegmentProgress",
     "AUTO_TILE_SIZE",
+    "DEFAULT_SCORE_THRESHOLD",
     "list_models",
     "load_model",
     "native_scale",
@@ -147,12 +153,14 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def segment_steps(
     model: torch.nn.Module,
     image: np.ndarray,
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    mask_threshold: float | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
     batch_size: int = 1,
     preprocessed: bool = False,
+    max_overlap: float | None = None,
+    use_foreground: bool = True,
 ) -> Generator[SegmentProgress, None, Instances]:
     """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
 
@@ -164,15 +172,23 @@ def segment_steps(
             preprocessing: ``core.preprocess.to_grey`` then ``normalise(.., config.input_mode)``.
         image: (H, W) grey, or (H, W, 3) RGB / (H, W, 4) RGBA (alpha ignored), any numeric dtype.
         score_threshold: keep detections scoring at least this.
-        mask_threshold: a pixel belongs to a worm where its mask probability exceeds this.
+        mask_threshold: a pixel belongs to a worm where its mask probability exceeds this;
+            None: the model's input mode's default (``core.refine.postprocess_defaults``).
         tile_size: side of a tile in pixels; None = tile only images larger than
             ``AUTO_TILE_SIZE`` on a side.
         overlap: overlap of neighbouring tiles in pixels (make it at least a worm's width).
         batch_size: tiles per forward pass.
         preprocessed: ``image`` is already a normalised (H, W) float32 (the trainer's samples).
+        max_overlap: of two worms whose masks overlap with an IoU above this, only the higher
+            scoring is kept (``core.refine.suppress_overlaps``); 1 keeps both; None: the
+            input mode's default.
+        use_foreground: binary-input models only: clip each worm to the input foreground, and
+            give a worm alone in its foreground blob the whole blob (``core.refine``).
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
-    crops to their boxes; the result holds N·H·W bytes of masks plus 8·H·W bytes of Φ.
+    crops to their boxes; the result holds N·H·W bytes of masks plus 8·H·W bytes of Φ, and the
+    clean-up (``core.refine``) works in the masks' own buffer (binary input: plus 5·H·W bytes
+    for the foreground and its connected components).
 
     Raises:
         TypeError: image is not a numeric array.
@@ -180,7 +196,12 @@ def segment_steps(
         RuntimeError: out of memory even with 32-px tiles. Before that, out-of-memory errors
             make it retry with half the tile side, with a RuntimeWarning and a progress message.
     """
-    for name, value in (("score_threshold", score_threshold), ("mask_threshold", mask_threshold)):
+    mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
+    for name, value in (
+        ("score_threshold", score_threshold),
+        ("mask_threshold", mask_threshold),
+        ("max_overlap", max_overlap),
+    ):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if int(batch_size) < 1:
@@ -206,11 +227,10 @@ def segment_steps(
         return Instances(np.zeros((0, height, width), bool), np.zeros(0, np.float32), displacement)
     while True:
         try:
-            return (
-                yield from _segment_tiles(
-                    model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold
-                )
+            found = yield from _segment_tiles(
+                model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold
             )
+            return _refine(found, grey, model.config.input_mode, max_overlap, use_foreground)
         except torch.OutOfMemoryError as exc:
             # out of memory: free what the failed pass held and retry with half the tile side
             # (and one tile per pass); below the 32-px floor there is nothing left to try
@@ -229,6 +249,29 @@ def segment_steps(
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             yield SegmentProgress(0, 0, message)
             tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
+
+
+def _resolve(
+    model: torch.nn.Module, mask_threshold: float | None, max_overlap: float | None
+) -> tuple[float, float]:
+    """The given thresholds, or the defaults of the model's input mode where None."""
+    defaults = postprocess_defaults(model.config.input_mode)
+    return (
+        defaults["mask_threshold"] if mask_threshold is None else float(mask_threshold),
+        defaults["max_overlap"] if max_overlap is None else float(max_overlap),
+    )
+
+
+def _refine(
+    found: Instances, grey: np.ndarray, input_mode: str, max_overlap: float, use_foreground: bool
+) -> Instances:
+    """``core.refine.refine_instances``; a binary input's foreground is its non-zero pixels."""
+    foreground = grey > 0.5 if use_foreground and input_mode == "binary" else None
+    # the masks were made here for this call: refine them in their own buffer
+    masks, scores = refine_instances(
+        found.masks, found.scores, foreground, max_overlap, inplace=True
+    )
+    return Instances(masks, scores, found.displacement)
 
 
 def _segment_tiles(
@@ -327,14 +370,16 @@ def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instanc
 def segment_batch(
     model: torch.nn.Module,
     images: list[np.ndarray],
-    score_threshold: float = 0.5,
-    mask_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    mask_threshold: float | None = None,
+    max_overlap: float | None = None,
 ) -> list[Instances]:
     """Segment several images in one forward pass (throughput on a GPU); one Instances each.
 
     Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
     through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
     """
+    mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
     greys = [normalise(_check_image(im), model.config.input_mode) for im in images]
     for i, grey in enumerate(greys):
         if max(grey.shape) > AUTO_TILE_SIZE:
@@ -364,7 +409,8 @@ def segment_batch(
         _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold)
         masks, scores = merge_candidates(candidates, tiles, height, width)
         phi = out["displacement"].float().cpu().numpy()
-        results.append(Instances(masks, scores, phi))
+        found = Instances(masks, scores, phi)
+        results.append(_refine(found, grey, model.config.input_mode, max_overlap, True))
     return results
 
 

@@ -33,6 +33,7 @@ import torch
 
 from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.devices import bf16_autocast_pays
 from napari_semiconv.core.distributed import ProcessGroup
 from napari_semiconv.core.model.builder import build_model, load_baseline_weights
 from napari_semiconv.core.training_config import (
@@ -210,7 +211,7 @@ def _run(config: TrainConfig, group: ProcessGroup) -> Iterator[TrainProgress]:
     out = Path(config.out) if config.out else None
     if out is not None and group.main:
         out.parent.mkdir(parents=True, exist_ok=True)
-    use_amp = config.amp and group.device.type == "cuda"
+    use_amp = config.amp and bf16_autocast_pays(group.device)
     yield TrainProgress(start, total, "train", message="; ".join(notes) or "starting")
     started, last_metrics = time.perf_counter(), None
     budget = config.time_budget_s

@@ -6,6 +6,7 @@ form. Neither imports torch at module import time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,11 @@ class ModelPicker:
         self.row.addWidget(self.combo, 1)
         self.row.addWidget(refresh)
         self._cards: dict[str, str] = {}
+        self._modes: dict[str, str] = {}  # input mode of each listed model
         self._last: str | None = None  # the last real model chosen, restored after a refusal
+        self._last_mode: str | None = None
+        #: called with the input mode whenever the chosen model's input mode changes
+        self.on_mode_change: Callable[[str], None] | None = None
 
     def refresh(self, *_: Any) -> None:
         """Re-read the models, keeping browsed files and the current choice."""
@@ -148,6 +153,7 @@ class ModelPicker:
             if row.get("installed"):
                 self.combo.addItem(f"{row['name']} ({row['kind']})", row["name"])
                 self._cards[row["name"]] = card_text(row)
+                self._modes[row["name"]] = (row.get("config") or {}).get("input_mode", "")
         for path in browsed:
             self.combo.addItem(f"file: {Path(path).name}", path)
         self.combo.addItem(BROWSE, None)
@@ -174,6 +180,7 @@ class ModelPicker:
                 show_error(f"Cannot use this model: {exc}")
                 return False
             self._cards[key] = card_text({"card": ckpt.card, "config": ckpt.config.to_dict()})
+            self._modes[key] = ckpt.config.input_mode
             index = self.combo.count() - 1  # before "Browse…"
             self.combo.insertItem(index, f"file: {Path(key).name}", key)
         self.combo.setCurrentIndex(index)
@@ -200,3 +207,8 @@ class ModelPicker:
         if key is not None:
             self._last = key
         self.card_label.setText(self._cards.get(key, "") if key else "No model chosen.")
+        mode = self._modes.get(key) if key else None
+        if mode and mode != self._last_mode:
+            self._last_mode = mode
+            if self.on_mode_change is not None:
+                self.on_mode_change(mode)

@@ -40,6 +40,7 @@ class RunRequest:
     device: str  # "auto", "cpu", "cuda:0", "mps"
     score_threshold: float
     mask_threshold: float
+    max_overlap: float
     tile_size: int | None  # None: the core picks (tiles only large images)
     stride: int
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
@@ -140,6 +141,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
     settings = {
         "score_threshold": request.score_threshold,
         "mask_threshold": request.mask_threshold,
+        "max_overlap": request.max_overlap,
         "tile_size": request.tile_size,
         "overlap": tile_overlap(request.tile_size),
     }

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_defaults
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
@@ -73,10 +74,24 @@ class SegmentWidget(QWidget):
         form.addRow(self.card_label)
         self.device_combo = QComboBox()
         form.addRow("Device", self.device_combo)
-        self.score_spin = _fraction(0.5, "Keep worms whose detection score is at least this.")
+        self.score_spin = _fraction(
+            DEFAULT_SCORE_THRESHOLD, "Keep worms whose detection score is at least this."
+        )
         form.addRow("Score threshold", self.score_spin)
-        self.mask_spin = _fraction(0.5, "A pixel belongs to a worm above this mask probability.")
+        # the next two follow the chosen model's input mode (postprocess_defaults) whenever the
+        # mode changes; until a model is chosen, the bright-field defaults
+        defaults = postprocess_defaults("brightfield")
+        self.mask_spin = _fraction(
+            defaults["mask_threshold"], "A pixel belongs to a worm above this mask probability."
+        )
         form.addRow("Mask threshold", self.mask_spin)
+        self.overlap_spin = _fraction(
+            defaults["max_overlap"],
+            "Of two worms whose masks overlap more than this (IoU), keep only the higher "
+            "scoring one: removes duplicate detections (1 keeps both).",
+        )
+        form.addRow("Max overlap", self.overlap_spin)
+        self.models.on_mode_change = self._apply_mode_defaults
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(64)
@@ -123,6 +138,12 @@ class SegmentWidget(QWidget):
         self.device_combo.addItems(["auto", *available_devices()])
         if device:
             self.device_combo.setCurrentText(device)
+
+    def _apply_mode_defaults(self, input_mode: str) -> None:
+        """Set the mask threshold and max overlap to the defaults of the model's input mode."""
+        defaults = postprocess_defaults(input_mode)
+        self.mask_spin.setValue(defaults["mask_threshold"])
+        self.overlap_spin.setValue(defaults["max_overlap"])
 
     def image_layer(self) -> Any:
         """The chosen image layer, or None."""
@@ -205,6 +226,7 @@ class SegmentWidget(QWidget):
             device=self.device_combo.currentText() or "auto",
             score_threshold=float(self.score_spin.value()),
             mask_threshold=float(self.mask_spin.value()),
+            max_overlap=float(self.overlap_spin.value()),
             tile_size=int(self.tile_spin.value()) or None,
             stride=int(self.stride_spin.value()),
             scale=tuple(float(layer.scale[d]) for d in keep),

@@ -136,6 +136,8 @@ def roi_align(
 
     Forward-only (inference, or features that need no gradient) and for few channels
     torchvision's kernel is the faster of the two and runs; the results are the same either way.
+    Half-precision features (bf16 autocast) are pooled in float32 and cast back, as
+    torchvision's autocast wrapper does.
     """
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     rois = _to_rois(boxes)
@@ -144,11 +146,17 @@ def roi_align(
         and features.requires_grad
         and features.shape[1] >= SPARSE_MIN_CHANNELS
         and torch.is_grad_enabled()
-        and features.dtype in (torch.float32, torch.float64)
+        and features.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
         and sampling_ratio > 0
         and not torchvision._is_tracing()
     ):
-        return roi_align_sparse(features, rois, size, spatial_scale, sampling_ratio, aligned)
+        if features.dtype in (torch.float32, torch.float64):
+            return roi_align_sparse(features, rois, size, spatial_scale, sampling_ratio, aligned)
+        with torch.autocast("cpu", enabled=False):
+            pooled = roi_align_sparse(
+                features.float(), rois.float(), size, spatial_scale, sampling_ratio, aligned
+            )
+        return pooled.to(features.dtype)
     return _tv_roi_align(features, rois, size, spatial_scale, sampling_ratio, aligned)
 
 
