@@ -1,4 +1,4 @@
-"""Instance clean-up after the network: clip to the given foreground, suppress duplicate worms.
+"""Instance clean-up after the network, and its defaults per input mode.
 
 Mask R-CNN's non-maximum suppression compares *boxes*. Worms are long, thin and curved, so two
 detections of one worm can have boxes that overlap less than the box NMS threshold while their
@@ -151,10 +151,13 @@ def fill_lone_worms(
         owner[k] = int(np.argmax(counts))
         inside[k] = counts[owner[k]]
     residents = np.bincount(owner[owner > 0], minlength=n + 1)
+    boxes = ndimage.find_objects(components)  # compare within each blob's box, not the image
     for k in range(masks.shape[0]):
         c = owner[k]
         if c > 0 and residents[c] == 1 and inside[k] >= min_cover * sizes[c]:
-            out[k] = components == c
+            box = boxes[c - 1]
+            out[k] = False
+            out[k][box] = components[box] == c
     return out
 
 
