@@ -25,6 +25,7 @@ from napari_semiconv.core.model_store import list_models, load_model, model_sour
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import (
     DEFAULT_SCORE_THRESHOLD,
+    mask_boxes,
     postprocess_defaults,
     refine_instances,
 )
@@ -339,13 +340,9 @@ def _collect(
     keep = out["scores"] >= score_threshold
     scores = out["scores"][keep].float().cpu().numpy()
     masks = (out["masks"][keep][:, 0] > mask_threshold).cpu().numpy()  # (N, H, W) bool
-    found_rows, found_cols = masks.any(axis=2), masks.any(axis=1)
-    for k in range(masks.shape[0]):
-        rows, cols = found_rows[k], found_cols[k]
-        if not rows.any():
+    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(masks)):
+        if y1 == y0:
             continue  # a box whose mask is empty at this threshold is no worm
-        y0, y1 = np.argmax(rows), len(rows) - np.argmax(rows[::-1])
-        x0, x1 = np.argmax(cols), len(cols) - np.argmax(cols[::-1])
         candidates.append(
             Candidate(
                 index,

@@ -39,6 +39,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from skimage.morphology import skeletonize
 
+from napari_semiconv.core.refine import mask_boxes
+
 __all__ = [
     "MEASUREMENT_COLUMNS",
     "as_instance_stack",
@@ -159,11 +161,8 @@ def instances_from_labels(labels: np.ndarray, return_ids: bool = False):
 
 
 def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    y0, y1, x0, x1 = (int(v) for v in mask_boxes(mask[None])[0])
+    return None if y1 == y0 else (slice(y0, y1), slice(x0, x1))
 
 
 def _skeleton_graph(skeleton: np.ndarray):
