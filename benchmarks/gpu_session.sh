@@ -5,18 +5,7 @@
 # gpu_data/bbbc010/train (w2 images, eachworm/, foreground/) and wheels for missing packages in .whl/.
 #   BUDGET=330 bash benchmarks/gpu_session.sh      (BUDGET=0: the speed measurements only)
 set -u
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-out=${OUT:-out}
-mkdir -p "$out" runs
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+source benchmarks/gpu_env.sh
 # 1. speed first (a minute): the bundled models end to end (the <= 15 ms target) and the mask paste
 python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
   --models worms-brightfield,worms-binary --json-out runs/speed_gpu.json 2>&1 | tail -8

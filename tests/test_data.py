@@ -202,6 +202,16 @@ def test_read_bbbc010_skips_wells_without_an_image(bbbc010_root, tmp_path):
         read_bbbc010(tmp_path, "binary", wells=["A1"])
     with pytest.raises(FileNotFoundError, match="eachworm"):
         read_bbbc010(tmp_path / "images", "binary")
+    # binary input is the union of the worm masks: it needs no image, not even images/
+    assert [s.name for s in read_bbbc010(tmp_path, "binary")] == ["A01", "A02"]
+    for f in (tmp_path / "images").iterdir():
+        f.unlink()
+    (tmp_path / "images").rmdir()
+    (a01, a02) = read_bbbc010(tmp_path, "binary")
+    np.testing.assert_array_equal(a01.image, a01.masks.any(axis=0))
+    assert a02.masks.shape[0] > 0
+    with pytest.raises(FileNotFoundError, match="images/ folder"):
+        read_bbbc010(tmp_path, "brightfield")
 
 
 # --- augment ------------------------------------------------------------------------------------

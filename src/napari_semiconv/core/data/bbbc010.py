@@ -7,8 +7,9 @@ Layout (the collection's own file names)::
     root/eachworm/<well>_<nn>_ground_truth.png one 0/255 mask per worm
     root/foreground/<well>_binary.png          RGBA foreground of the well (see below)
 
-Input modes: ``binary`` = the union of the per-worm masks (the paper's protocol, sec. 4.2);
-``brightfield`` = the ``w2`` channel normalised per image (``core.preprocess.normalise``).
+Input modes: ``binary`` = the union of the per-worm masks (the paper's protocol, sec. 4.2), so
+it needs only ``eachworm/``; ``brightfield`` = the ``w2`` channel normalised per image
+(``core.preprocess.normalise``), which needs ``images/`` too.
 
 Alignment, checked here on all 50 training wells (A01-C02), shifts of -2..2 rows and columns:
 for every well, the union of the ``eachworm`` masks matches the dark (worm) pixels of ``w2`` best
@@ -60,16 +61,18 @@ def _resolve_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not (path / "eachworm").is_dir() and (path / "train" / "eachworm").is_dir():
         path = path / "train"
-    if not (path / "eachworm").is_dir() or not (path / "images").is_dir():
+    if not (path / "eachworm").is_dir():
         raise FileNotFoundError(
-            f"{path} is not a BBBC010 folder: it needs images/ (the *_w2_*.tif bright-field "
-            "images) and eachworm/ (<well>_<nn>_ground_truth.png per worm)"
+            f"{path} is not a BBBC010 folder: it needs eachworm/ (<well>_<nn>_ground_truth.png "
+            "per worm) and, for bright-field input, images/ (the *_w2_*.tif images)"
         )
     return path
 
 
 def _w2_files(root: Path) -> dict[str, Path]:
-    found = {}
+    found: dict[str, Path] = {}
+    if not (root / "images").is_dir():
+        return found
     for path in sorted((root / "images").glob("*.tif*")):
         match = _IMAGE.search(path.name)
         if match and match.group(2) == "w2":
@@ -141,10 +144,11 @@ def read_bbbc010(
 
     Returns:
         one ``Sample`` per well, named by the well id, in the order of ``wells`` (sorted when
-        None). A well whose ``w2`` image is missing is skipped with a warning.
+        None). Bright-field input: a well whose ``w2`` image is missing is skipped with a
+        warning. Binary input is built from the worm masks alone and needs no image.
 
     Raises:
-        FileNotFoundError: ``root`` lacks images/ or eachworm/.
+        FileNotFoundError: ``root`` lacks eachworm/, or images/ for bright-field input.
         ValueError: a bad input mode, a malformed well id, a requested well without worm masks,
             or masks whose size differs from the image's.
     """
@@ -152,6 +156,10 @@ def read_bbbc010(
     path = _resolve_root(root)
     worms = _worm_files(path)
     images = _w2_files(path)
+    if mode != "binary" and not (path / "images").is_dir():
+        raise FileNotFoundError(
+            f"{path} has no images/ folder: bright-field input needs the *_w2_*.tif images"
+        )
     if wells is None:
         selected = list(worms)
     else:
@@ -164,14 +172,14 @@ def read_bbbc010(
             raise ValueError(f"no worm masks for well(s) {missing} in {path / 'eachworm'}")
     samples = []
     for well in selected:
-        if well not in images:
+        if mode != "binary" and well not in images:
             warnings.warn(
                 f"BBBC010 well {well}: no *_{well}_w2_*.tif in {path / 'images'}; skipped",
                 stacklevel=2,
             )
             continue
         masks = _read_masks(worms[well], well)
-        if mode == "binary":
+        if mode == "binary":  # the paper's protocol: the foreground is the masks' union
             image = masks.any(axis=0).astype(np.float32)
         else:
             raw = np.asarray(_imread(images[well]))
