@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from napari_semiconv.core.devices import resolve_device
@@ -128,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(keys.table(sort_by=sort, row_limit=args.profile_rows, max_name_column_width=50))
         print(keys.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=50))
-        del np
     return 0
 
 

@@ -138,3 +138,28 @@ def test_brightfield_constant_and_nearly_constant_images_do_not_divide_by_zero()
     spot[0, 0] = 5.0  # 99.8th percentile == 1st percentile: fall back on min/max
     out = normalise(spot, "brightfield")
     assert out[0, 0] == 1.0 and out.sum() == 1.0
+
+
+def test_brightfield_normalisation_in_torch_equals_the_host_one():
+    # segment() runs this branch on a CUDA device; torch runs the same code on the CPU here
+    from napari_semiconv.core.preprocess import _normalise_brightfield_torch
+
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(90, 3000, size=(52, 69)).astype(np.uint16),  # BBBC010-like
+        rng.normal(0.0, 1e30, size=(40, 30)).astype(np.float32),  # huge range
+        np.full((20, 20), 7.0, np.float32),  # constant: zeros
+    ]
+    near_constant = np.full((50, 50), 3.0, np.float32)
+    near_constant[0, :3] = (1.0, 9.0, 11.0)  # flat up to the top 0.2 %: full range
+    images.append(near_constant)
+    for image in images:
+        grey = to_grey(image)
+        host = normalise(image, "brightfield")
+        torch_side = _normalise_brightfield_torch(grey, "cpu")
+        assert torch_side.dtype == np.float32 and torch_side.shape == host.shape
+        np.testing.assert_allclose(torch_side, host, atol=1e-6)
+    # not a CUDA device: the host branch, whatever the device's name
+    np.testing.assert_array_equal(
+        normalise(images[0], "brightfield", "cpu"), normalise(images[0], "brightfield")
+    )

@@ -212,7 +212,7 @@ def segment_steps(
         if grey.ndim != 2:
             raise ValueError(f"a preprocessed image must be (H, W), got {grey.shape}")
     else:
-        grey = normalise(_check_image(image), model.config.input_mode)
+        grey = normalise(_check_image(image), model.config.input_mode, _device_of(model))
     height, width = grey.shape
     if tile_size is None:
         # one tile for ordinary images (at least tile_grid's 32-px floor: tiny images fit in it)
@@ -377,14 +377,14 @@ def segment_batch(
     through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
     """
     mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
-    greys = [normalise(_check_image(im), model.config.input_mode) for im in images]
+    device = _device_of(model)
+    greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]
     for i, grey in enumerate(greys):
         if max(grey.shape) > AUTO_TILE_SIZE:
             raise ValueError(
                 f"image {i} is {grey.shape[0]}×{grey.shape[1]}, larger than one tile "
                 f"({AUTO_TILE_SIZE} px); segment it with segment(), which tiles it"
             )
-    device = _device_of(model)
     was_training = model.training
     model.eval()
     try:
