@@ -7,12 +7,13 @@
 #      - with ABLATION=1: semi-conv and plain Mask R-CNN from scratch, identical recipe;
 #      recipe: batch 8 random 256-px crops, SGD lr 0.01, x0.1 at 67 % and 89 % of the budget;
 #   3. the continued model stripped to fp16 and split into parts of < 16 MB for $OUT.
-# Data in gpu_data/bbbc010/train: eachworm/ (binary input is the masks' union), and for
-# MODE=brightfield images/ with the w2 TIFFs (zlib-compressed copies travel in less room);
+# Data in gpu_data/bbbc010/train (benchmarks/prepare_gpu_data.py): eachworm/ (binary input is
+# the masks' union), and for MODE=brightfield images/ with the w2 TIFFs, zlib-compressed;
 # wheels in .whl/. Only 64 MiB travel and each bundled model takes 28: a bright-field call
-# leaves worms-binary.pt behind (untracked and ignored for the call) to make room.
+# leaves worms-binary.pt behind to make room: `git rm -q --cached` it and list it in
+# .git/info/exclude for the call, `git reset -q` it and remove that line afterwards.
 #   MODE=binary DEADLINE=500 bash benchmarks/gpu_fold0.sh     (fourth session, first call)
-#   MODE=brightfield ABLATION=0 SPEED_MODELS=worms-brightfield DEADLINE=220 bash ...
+#   MODE=brightfield ABLATION=0 SPEED_MODELS=worms-brightfield DEADLINE=210 RESERVE=60 bash ...
 #   DEVICE=cpu DEADLINE=200 SPEED=0 ...                       (a dry run on a CPU)
 set -u
 start=$(date +%s)

@@ -2,7 +2,9 @@
 # The one device call behind docs/benchmarks.md: 5-fold cross-validation of three recipes in
 # parallel on one GPU, the bundled models cut from fold 0, and the GPU speed benchmark.
 # Run from the repository root on the GPU machine, with the BBBC010 training wells copied to
-# gpu_data/bbbc010/train (w2 images, eachworm/, foreground/) and wheels for missing packages in .whl/.
+# gpu_data/bbbc010/train (w2 images, eachworm/, foreground/: benchmarks/prepare_gpu_data.py) and
+# wheels for missing packages in .whl/. Only 64 MiB travel: with the two bundled models (56 MiB)
+# in the tree, bright-field recipes need one model left behind (see benchmarks/gpu_fold0.sh).
 #   BUDGET=330 bash benchmarks/gpu_session.sh      (BUDGET=0: the speed measurements only)
 set -u
 source benchmarks/gpu_env.sh
