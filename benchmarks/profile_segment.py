@@ -1,7 +1,7 @@
 """Where the time of one ``segment`` call goes: a stage-by-stage breakdown and torch's profile.
 
 Stages (each ended by a device sync, so the sum is a little above an unsynchronised call):
-normalise (host), copy to the device, the model's transform, backbone + FPN, the semi-conv
+normalise (host), the model's transform, backbone + FPN, the semi-conv
 embedding head, RPN, RoI heads, the rest of the forward (mask pasting, Φ to displacements), and
 what ``segment`` does after the network (masks to the host, clean-up). Then the same call under
 torch.profiler: the operators taking the most device and host time.
@@ -77,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             sync()
             t = time.perf_counter()
-            grey = normalise(image, model.config.input_mode)
+            normalise(image, model.config.input_mode)
             norms.append(time.perf_counter() - t)
-            torch.from_numpy(grey)[None].to(device)
-            sync()
             t = time.perf_counter()
             n = len(segment(model, image))
             sync()

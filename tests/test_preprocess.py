@@ -142,7 +142,7 @@ def test_brightfield_constant_and_nearly_constant_images_do_not_divide_by_zero()
 
 def test_brightfield_normalisation_in_torch_equals_the_host_one():
     # segment() runs this branch on a CUDA device; torch runs the same code on the CPU here
-    from napari_semiconv.core.preprocess import _normalise_brightfield_torch
+    from napari_semiconv.core import preprocess
 
     rng = np.random.default_rng(0)
     images = [
@@ -153,10 +153,14 @@ def test_brightfield_normalisation_in_torch_equals_the_host_one():
     near_constant = np.full((50, 50), 3.0, np.float32)
     near_constant[0, :3] = (1.0, 9.0, 11.0)  # flat up to the top 0.2 %: full range
     images.append(near_constant)
-    for image in images:
-        grey = to_grey(image)
-        host = normalise(image, "brightfield")
-        torch_side = _normalise_brightfield_torch(grey, "cpu")
+    hosts = [normalise(image, "brightfield") for image in images]
+    real_on_gpu = preprocess._on_gpu
+    preprocess._on_gpu = lambda device: True  # the device branch, on the CPU
+    try:
+        torch_sides = [normalise(image, "brightfield", "cpu") for image in images]
+    finally:
+        preprocess._on_gpu = real_on_gpu
+    for host, torch_side in zip(hosts, torch_sides, strict=True):
         assert torch_side.dtype == np.float32 and torch_side.shape == host.shape
         np.testing.assert_allclose(torch_side, host, atol=1e-6)
     # not a CUDA device: the host branch, whatever the device's name

@@ -118,7 +118,7 @@ def _coco_dataset(
         if masks.shape[0] == 0:
             continue
         rles = mask_utils.encode(np.asfortranarray(masks.view(np.uint8).transpose(1, 2, 0)))
-        areas = masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).sum(1)
+        areas = masks.reshape(masks.shape[0], -1).sum(1)
         boxes = mask_utils.toBbox(rles)
         for k, rle in enumerate(rles):
             ann = {

@@ -228,7 +228,7 @@ def _check_sample(sample: Any) -> None:
     masks = np.asarray(sample.masks, dtype=bool)
     if masks.shape[0] == 0 or not masks.any():
         raise ValueError(f"{sample.name}: its label image has no labelled worm")
-    areas = masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).sum(axis=1) / masks[0].size
+    areas = masks.reshape(masks.shape[0], -1).sum(axis=1) / masks[0].size
     if areas.max() > GIANT_FRACTION:
         raise ValueError(
             f"{sample.name}: one label covers {100 * areas.max():.0f}% of the image, almost "

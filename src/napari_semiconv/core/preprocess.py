@@ -123,39 +123,32 @@ def normalise(image: np.ndarray, input_mode: str, device: object = None) -> np.n
         return (grey > 0.5 * top).astype(np.float32)
 
     grey = to_grey(raw)
-    if _on_gpu(device) and grey.size <= _QUANTILE_MAX:
-        return _normalise_brightfield_torch(grey, device)
-    # float64 arithmetic: hi - lo of a float32 image can overflow float32 (e.g. ±3e38)
-    lo, hi = (float(v) for v in np.percentile(grey.astype(np.float64), _PERCENTILES))
+    on_gpu = _on_gpu(device) and grey.size <= _QUANTILE_MAX
+    if on_gpu:
+        import torch
+
+        # float64 on the device too: the same arithmetic as the host's
+        x = torch.from_numpy(np.ascontiguousarray(grey)).to(device).double()
+        q = torch.tensor([p / 100.0 for p in _PERCENTILES], dtype=torch.float64, device=x.device)
+        lo, hi = (float(v) for v in torch.quantile(x.reshape(-1), q).cpu())
+    else:
+        # float64 arithmetic: hi - lo of a float32 image can overflow float32 (e.g. ±3e38)
+        lo, hi = (float(v) for v in np.percentile(grey.astype(np.float64), _PERCENTILES))
     if hi - lo <= 1e-6 * max(abs(hi), 1.0):
         # nearly constant up to the top 0.2 %: fall back on the full range, or give zeros
         lo, hi = float(grey.min()), float(grey.max())
         if hi - lo <= 0:
             return np.zeros(grey.shape, dtype=np.float32)
+    if on_gpu:
+        return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0).float().cpu().numpy()
     out = (grey.astype(np.float64) - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-_QUANTILE_MAX = 2**24  # torch.quantile's limit on the number of elements
+# torch.quantile's limit on the number of elements; larger images use the host's percentile.
+# torch.quantile's default linear interpolation is np.percentile's (tests: the two agree).
+_QUANTILE_MAX = 2**24
 
 
 def _on_gpu(device: object) -> bool:
     return device is not None and str(device).startswith("cuda")
-
-
-def _normalise_brightfield_torch(grey: np.ndarray, device: object) -> np.ndarray:
-    """``normalise``'s bright-field branch in torch on ``device`` (float64, as on the host).
-
-    ``torch.quantile``'s default linear interpolation is ``np.percentile``'s; the tests check
-    the two branches agree (on the CPU, where torch runs the same code path).
-    """
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(grey)).to(device).double()
-    q = torch.tensor([p / 100.0 for p in _PERCENTILES], dtype=torch.float64, device=x.device)
-    lo, hi = (float(v) for v in torch.quantile(x.reshape(-1), q).cpu())
-    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
-        lo, hi = float(grey.min()), float(grey.max())
-        if hi - lo <= 0:
-            return np.zeros(grey.shape, dtype=np.float32)
-    return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0).float().cpu().numpy()

@@ -194,7 +194,7 @@ def suppress_overlaps(masks: np.ndarray, scores: np.ndarray, max_iou: float) -> 
     scores = np.asarray(scores).reshape(-1)
     if scores.shape[0] != masks.shape[0]:
         raise ValueError(f"{masks.shape[0]} masks but {scores.shape[0]} scores")
-    areas = np.count_nonzero(masks.reshape(len(masks), int(np.prod(masks.shape[1:]))), axis=1)
+    areas = np.count_nonzero(masks, axis=(1, 2))  # (1, 2), not reshape(n, -1): n may be 0
     order = [int(i) for i in np.argsort(-scores, kind="stable") if areas[i] > 0]
     if max_iou >= 1.0:
         return np.asarray(order, dtype=np.int64)

@@ -39,7 +39,7 @@ def labels_to_masks(labels: np.ndarray, shape: tuple[int, int] | None = None) ->
         raise ValueError("labels contain NaN or infinite values")
     if arr.ndim == 3:
         masks = arr != 0
-        masks = masks[masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).any(axis=1)]
+        masks = masks[masks.any(axis=(1, 2))]
     else:
         if arr.dtype == bool:
             raise ValueError(

@@ -136,5 +136,5 @@ def augment(
             image += rng.normal(0.0, noise, image.shape).astype(np.float32)
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
     masks = np.ascontiguousarray(masks)
-    keep = masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).any(axis=1)
+    keep = masks.any(axis=(1, 2))
     return Sample(image, masks[keep], sample.name)

@@ -41,7 +41,7 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 def to_target(sample: Sample) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(image (1, H, W) float32, target dict) of a sample; empty masks are dropped."""
     masks = np.asarray(sample.masks, dtype=bool)
-    masks = masks[masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).any(axis=1)]
+    masks = masks[masks.any(axis=(1, 2))]
     image = torch.from_numpy(np.ascontiguousarray(sample.image, dtype=np.float32))[None]
     target = {
         "boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
@@ -145,7 +145,7 @@ def _plain_crop(sample: Sample, rng: np.random.Generator, crop: tuple[int, int])
     y = int(rng.integers(0, h - ch + 1))
     x = int(rng.integers(0, w - cw + 1))
     masks = sample.masks[:, y : y + ch, x : x + cw]
-    masks = masks[masks.reshape(len(masks), int(np.prod(masks.shape[1:]))).any(axis=1)]
+    masks = masks[masks.any(axis=(1, 2))]
     return Sample(sample.image[y : y + ch, x : x + cw].copy(), masks.copy(), sample.name)
 
 
