@@ -159,3 +159,37 @@ def test_models_lists_user_models(trained, tmp_path, monkeypatch, capsys):
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows if r["kind"] == "user"] == ["my-worms"]
+
+
+def test_train_foreground_writes_a_cascade_that_segments(trained, dataset, tmp_path, capsys):
+    detector, _ = trained
+    out = tmp_path / "cascade.pt"
+    code = main(["train-foreground", "--data", str(dataset), "--layout", "folders",
+                 "--detector", str(detector), "--out", str(out), "--steps", "3", "--crop", "48",
+                 "--batch-size", "2", "--width", "4", "--depth", "2",
+                 "--device", "cpu"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "[1/3] loss=" in printed
+    assert f"wrote {out}" in printed
+    from napari_semiconv.core.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out)
+    assert ckpt.config.input_mode == "brightfield" and ckpt.config.foreground_width == 4
+    assert ckpt.card["foreground_training"]["steps"] == 3
+    command = ckpt.card["foreground_training"]["command"]
+    assert command.startswith("napari-semiconv train-foreground --data")
+    # it segments a bright-field image through the CLI's evaluate
+    assert main(["evaluate", "--model", str(out), "--data", str(dataset), "--layout", "folders",
+                 "--device", "cpu", "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary) == SUMMARY_KEYS
+    # nothing is overwritten, and a bright-field detector is refused before any training
+    before = out.read_bytes()
+    assert main(["train-foreground", "--data", str(dataset), "--layout", "folders",
+                 "--detector", str(detector), "--out", str(out), "--steps", "1"]) == 2  # fmt: skip
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+    code = main(["train-foreground", "--data", str(dataset), "--layout", "folders",
+                 "--detector", str(out), "--out", str(tmp_path / "again.pt"),
+                 "--steps", "1"])  # fmt: skip
+    assert code == 2 and "binary-input detector" in capsys.readouterr().err

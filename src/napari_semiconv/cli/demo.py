@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     tifffile.imwrite(sample_path, image)
     settings = {
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
-        **postprocess_defaults(model.config.input_mode),
+        **postprocess_defaults(model.config.detector_input_mode),
         "tile_size": None,
         "overlap": 64,
     }

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "evaluate": "evaluate",
     "predict": "predict",
     "models": "models",
+    "train-foreground": "foreground",
 }
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the records commands write
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, OSError) as exc:

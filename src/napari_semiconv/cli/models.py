@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             for x in (
                 config.get("backbone"),
                 config.get("input_mode"),
+                "foreground U-Net + binary detector" if config.get("foreground_width") else None,
                 ("semi-conv" if config.get("semiconv") else "baseline") if config else None,
                 f"AP {ap:.3f}" if isinstance(ap, (int, float)) else None,
             )

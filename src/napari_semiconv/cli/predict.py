@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record
             settings[key] = value
-    for key, value in postprocess_defaults(model.config.input_mode).items():
+    for key, value in postprocess_defaults(model.config.detector_input_mode).items():
         if settings[key] is None:
             settings[key] = value
     out = Path(args.out)

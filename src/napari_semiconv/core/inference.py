@@ -10,10 +10,9 @@ Models are found by :func:`load_model` (``core.model_store``, re-exported here).
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 
 from napari_semiconv.core.measurements import labels_from_instances
+from napari_semiconv.core.model.foreground import FOREGROUND_THRESHOLD
+from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import (
@@ -57,11 +58,14 @@ class Instances:
         scores: (N,) float32 detection scores, decreasing.
         displacement: (2, H, W) float32, Φ's first two dims (rows, cols) in pixels: every pixel
             of worm k points to its centre c_k = u + Φ_u (eq. 4). Zeros for a baseline model.
+        foreground: (H, W) float32 worm probability of a bright-field cascade's U-Net (the map
+            its detector segmented), or None for a model without one.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     displacement: np.ndarray
+    foreground: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -78,53 +82,6 @@ class SegmentProgress:
     done: int
     total: int
     message: str
-
-
-def _identity_resize(image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
-    return image, target
-
-
-@contextlib.contextmanager
-def native_scale(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` (a SemiConvMaskRCNN, or DDP around one) at the input's own pixel scale.
-
-    torchvision's transform resizes every image so its short side is ``min_size``; for crops and
-    tiles of another size than the training images that would change the worms' size in pixels.
-    Training and inference both run at scale 1 instead (mean/std normalisation and batching by
-    padding still apply), so a model sees worms at the microscope's scale in both.
-    """
-    transform = getattr(model, "module", model).transform
-    if "resize" in vars(transform):  # already at native scale (nested or concurrent use)
-        yield
-        return
-    transform.resize = _identity_resize  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        vars(transform).pop("resize", None)
-
-
-@contextlib.contextmanager
-def detection_threshold(model: torch.nn.Module, score_threshold: float) -> Iterator[None]:
-    """Let the model drop detections scoring below ``score_threshold`` before pasting masks.
-
-    torchvision keeps boxes scoring above ``roi_heads.score_thresh`` (0.05) and pastes a
-    full-size mask for each; most score below what :func:`segment` keeps. Dropping them first
-    gives the same worms: NMS only ever suppresses a box with a higher-scoring one, so the boxes
-    at or above the threshold and their order do not change. torchvision keeps scores strictly
-    above its threshold, so it is set to the largest float32 below ``score_threshold``.
-    """
-    heads = getattr(getattr(model, "module", model), "roi_heads", None)
-    if not hasattr(heads, "score_thresh"):  # another detector: its outputs are filtered after
-        yield
-        return
-    own = heads.score_thresh
-    below = float(np.nextafter(np.float32(score_threshold), np.float32(-np.inf)))
-    heads.score_thresh = max(own, below)
-    try:
-        yield
-    finally:
-        heads.score_thresh = own
 
 
 def _check_image(image: Any) -> np.ndarray:
@@ -183,8 +140,9 @@ def segment_steps(
         max_overlap: of two worms whose masks overlap with an IoU above this, only the higher
             scoring is kept (``core.refine.suppress_overlaps``); 1 keeps both; None: the
             input mode's default.
-        use_foreground: binary-input models only: clip each worm to the input foreground, and
-            give a worm alone in its foreground blob the whole blob (``core.refine``).
+        use_foreground: binary-input models and bright-field cascades: clip each worm to the
+            foreground (the input, or the cascade's U-Net map), and give a worm alone in its
+            foreground blob the whole blob (``core.refine``).
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
     crops to their boxes; the result holds N·H·W bytes of masks plus 8·H·W bytes of Φ, and the
@@ -225,7 +183,9 @@ def segment_steps(
         # still fire on it, so it is not shown to the network at all
         yield SegmentProgress(1, 1, "blank image: nothing to segment")
         displacement = np.zeros((2, height, width), dtype=np.float32)
-        return Instances(np.zeros((0, height, width), bool), np.zeros(0, np.float32), displacement)
+        fg = np.zeros((height, width), np.float32) if model.config.foreground_width else None
+        empty = np.zeros((0, height, width), bool)
+        return Instances(empty, np.zeros(0, np.float32), displacement, fg)
     while True:
         try:
             found = yield from _segment_tiles(
@@ -256,7 +216,7 @@ def _resolve(
     model: torch.nn.Module, mask_threshold: float | None, max_overlap: float | None
 ) -> tuple[float, float]:
     """The given thresholds, or the defaults of the model's input mode where None."""
-    defaults = postprocess_defaults(model.config.input_mode)
+    defaults = postprocess_defaults(model.config.detector_input_mode)
     return (
         defaults["mask_threshold"] if mask_threshold is None else float(mask_threshold),
         defaults["max_overlap"] if max_overlap is None else float(max_overlap),
@@ -266,13 +226,21 @@ def _resolve(
 def _refine(
     found: Instances, grey: np.ndarray, input_mode: str, max_overlap: float, use_foreground: bool
 ) -> Instances:
-    """``core.refine.refine_instances``; a binary input's foreground is its non-zero pixels."""
-    foreground = grey > 0.5 if use_foreground and input_mode == "binary" else None
+    """``core.refine.refine_instances`` with the foreground the detector saw, if it saw one.
+
+    A binary input's foreground is its non-zero pixels; a cascade's is its U-Net's map above
+    ``FOREGROUND_THRESHOLD`` (exactly the binary image its detector was given).
+    """
+    foreground = None
+    if use_foreground and found.foreground is not None:
+        foreground = found.foreground > FOREGROUND_THRESHOLD
+    elif use_foreground and input_mode == "binary":
+        foreground = grey > 0.5
     # the masks were made here for this call: refine them in their own buffer
     masks, scores = refine_instances(
         found.masks, found.scores, foreground, max_overlap, inplace=True
     )
-    return Instances(masks, scores, found.displacement)
+    return Instances(masks, scores, found.displacement, found.foreground)
 
 
 def _segment_tiles(
@@ -288,6 +256,7 @@ def _segment_tiles(
     height, width = grey.shape
     tiles = tile_grid(height, width, tile_size, overlap)
     displacement = np.zeros((2, height, width), dtype=np.float32)
+    foreground = np.zeros((height, width), np.float32) if model.config.foreground_width else None
     device = _device_of(model)
     candidates: list[Candidate] = []
     yield SegmentProgress(0, len(tiles), f"segmenting {len(tiles)} tile(s)")
@@ -310,18 +279,21 @@ def _segment_tiles(
                 outputs = model(inputs)
             for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
                 _collect(candidates, start + offset, tile, out, score_threshold, mask_threshold)
+                core = (
+                    slice(tile.cy0 - tile.y0, tile.cy1 - tile.y0),
+                    slice(tile.cx0 - tile.x0, tile.cx1 - tile.x0),
+                )
                 phi = out["displacement"].float().cpu().numpy()
-                displacement[:, tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = phi[
-                    :,
-                    tile.cy0 - tile.y0 : tile.cy1 - tile.y0,
-                    tile.cx0 - tile.x0 : tile.cx1 - tile.x0,
-                ]
+                displacement[:, tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = phi[:, core[0], core[1]]
+                if foreground is not None:
+                    fg = out["foreground"].float().cpu().numpy()
+                    foreground[tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = fg[core]
             done = min(start + batch_size, len(tiles))
             yield SegmentProgress(done, len(tiles), f"tile {done}/{len(tiles)}")
     finally:
         model.train(was_training)
     masks, scores = merge_candidates(candidates, tiles, height, width)
-    return Instances(masks, scores, displacement)
+    return Instances(masks, scores, displacement, foreground)
 
 
 def _collect(
@@ -406,7 +378,8 @@ def segment_batch(
         _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold)
         masks, scores = merge_candidates(candidates, tiles, height, width)
         phi = out["displacement"].float().cpu().numpy()
-        found = Instances(masks, scores, phi)
+        fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
+        found = Instances(masks, scores, phi, fg)
         results.append(_refine(found, grey, model.config.input_mode, max_overlap, True))
     return results
 

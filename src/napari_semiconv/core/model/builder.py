@@ -10,6 +10,8 @@ The network is torchvision's ``MaskRCNN`` with:
   :class:`EmbeddingHead` on FPN level '0' (stride 4).
 
 ``semiconv=False`` gives the plain Mask R-CNN baseline with everything else identical.
+``foreground_width > 0`` puts a foreground U-Net (``core.model.foreground``) in front: the
+bright-field cascade, whose detector sees the U-Net's binary worm map (the paper's input).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from napari_semiconv.core.model.embedding import (
     EmbeddingHead,
     dense_embedding_loss,
     displacement_map,
+)
+from napari_semiconv.core.model.foreground import (
+    ForegroundConfig,
+    ForegroundNet,
+    build_foreground_net,
+    foreground_loss,
+    foreground_stage,
 )
 from napari_semiconv.core.model.postprocess import postprocess_detections
 from napari_semiconv.core.model.roi_align import MultiScaleRoIAlign
@@ -99,10 +108,12 @@ class SemiConvMaskRCNN(MaskRCNN):
     """torchvision ``MaskRCNN`` with the semi-convolutional embedding (sec. 3.5).
 
     Train mode: ``model(images, targets)`` -> dict of losses, torchvision's plus, when
-    ``config.semiconv``, "loss_embedding" (eq. 5 on the dense Ψ) and "loss_kernel".
+    ``config.semiconv``, "loss_embedding" (eq. 5 on the dense Ψ) and "loss_kernel", and with a
+    foreground U-Net "loss_foreground" (against the union of the target masks).
     Eval mode: ``model(images)`` -> one dict per image with torchvision's "boxes", "labels",
     "scores", "masks" (N, 1, H, W) and "displacement" (2, H, W) float32: Φ's rows/cols in pixels
-    of the image as passed in (zeros for the baseline, which has no embedding).
+    of the image as passed in (zeros for the baseline, which has no embedding); with a
+    foreground U-Net also "foreground" (H, W), its worm probability.
 
     Images are (1, H, W) float tensors, normalised for ``config.input_mode``.
     """
@@ -168,6 +179,13 @@ class SemiConvMaskRCNN(MaskRCNN):
             self.embedding_head = EmbeddingHead(
                 channels, config.embed_dim, config.embed_hidden, config.fpn_grad_scale
             )
+        self.foreground: ForegroundNet | None = None
+        if config.foreground_width:
+            self.foreground = build_foreground_net(
+                ForegroundConfig(
+                    config.foreground_width, config.foreground_depth, config.foreground_max_width
+                )
+            )
         self.config = config
         self.card: dict = {}
 
@@ -177,6 +195,9 @@ class SemiConvMaskRCNN(MaskRCNN):
             raise ValueError("training mode needs targets; call model.eval() for inference")
         _check_images(images)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        fg_logits = None
+        if self.foreground is not None:
+            fg_logits, images = foreground_stage(self.foreground, list(images))
         image_list, targets = self.transform(images, targets)
         if targets is not None:
             _check_boxes(targets)
@@ -197,6 +218,8 @@ class SemiConvMaskRCNN(MaskRCNN):
                 losses["loss_embedding"] = self.config.embedding_loss_weight * (
                     dense_embedding_loss(phi, masks, self.config.embed_unit_px)
                 )
+            if fg_logits is not None:
+                losses["loss_foreground"] = _foreground_loss(fg_logits, targets, original_sizes)
             return losses
         # torchvision's transform.postprocess, but pasting all masks at once (a loop there)
         detections = postprocess_detections(detections, image_list.image_sizes, original_sizes)
@@ -212,7 +235,27 @@ class SemiConvMaskRCNN(MaskRCNN):
                     original_sizes[i],
                     self.config.embed_unit_px,
                 )
+            if fg_logits is not None:
+                det["foreground"] = torch.sigmoid(fg_logits[i][0].float())
         return detections
+
+
+def _foreground_loss(
+    logits: list[torch.Tensor], targets: list[dict], sizes: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``foreground_loss`` of each image's U-Net logits against its worms' union, averaged.
+
+    The targets' masks were resized by the transform with the images; the U-Net ran on the
+    images as passed in, so the union is brought back to that size (nearest) where they differ.
+    """
+    total = logits[0].new_zeros(())
+    for lg, target, size in zip(logits, targets, sizes, strict=True):
+        masks = target["masks"]
+        union = masks.amax(dim=0, keepdim=True).float() if len(masks) else lg.new_zeros((1, *size))
+        if tuple(union.shape[-2:]) != tuple(size):
+            union = torch.nn.functional.interpolate(union[None], size=size, mode="nearest")[0]
+        total = total + foreground_loss(lg, union)
+    return total / len(logits)
 
 
 def _check_images(images: list[torch.Tensor]) -> None:

@@ -20,6 +20,12 @@ INPUT_MODES = ("binary", "brightfield")
 NORMS = ("batch", "group")
 
 
+def detector_input_mode(config: dict[str, Any]) -> str:
+    """The input mode a config dict's detector sees (its post-processing follows it): "binary"
+    behind a foreground U-Net (a bright-field cascade), else the config's input mode."""
+    return "binary" if config.get("foreground_width") else str(config.get("input_mode", ""))
+
+
 @dataclass
 class ModelConfig:
     """Architecture of the network (see docs/architecture.md for the contract).
@@ -42,6 +48,11 @@ class ModelConfig:
         box_score_thresh, box_nms_thresh: detection post-processing (torchvision's defaults).
         embedding_loss_weight, kernel_loss_weight: weights of "loss_embedding" (eq. 5) and
             "loss_kernel" (BCE between K_σ and the RoI mask) in the total.
+        foreground_width: 0, or the first-level width of a foreground U-Net
+            (``core.model.foreground``) run before the detector: the bright-field cascade. The
+            U-Net turns the bright-field image into a worm-foreground map and the detector sees
+            that map as a binary input (the paper's protocol). Needs ``input_mode="brightfield"``.
+        foreground_depth, foreground_max_width: the U-Net's depth and channel cap.
     """
 
     backbone: str = "resnet18"
@@ -69,6 +80,14 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     embedding_loss_weight: float = 1.0
     kernel_loss_weight: float = 1.0
+    foreground_width: int = 0
+    foreground_depth: int = 4
+    foreground_max_width: int = 64
+
+    @property
+    def detector_input_mode(self) -> str:
+        """What the detector itself sees: "binary" behind a foreground U-Net, else input_mode."""
+        return detector_input_mode(self.to_dict())
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
@@ -112,6 +131,13 @@ class ModelConfig:
             raise ValueError(f"aspect_ratios must be positive, got {self.aspect_ratios}")
         if self.embedding_loss_weight < 0 or self.kernel_loss_weight < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.foreground_width < 0:
+            raise ValueError(f"foreground_width must be >= 0, got {self.foreground_width}")
+        if self.foreground_width and self.input_mode != "brightfield":
+            raise ValueError(
+                "a foreground U-Net (foreground_width > 0) makes a binary map from bright-field "
+                f"input; it needs input_mode='brightfield', got {self.input_mode!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of str/int/float/bool/list (JSON- and weights_only-safe)."""

@@ -1,0 +1,221 @@
+"""Training and running the foreground U-Net (``core.model.foreground``), and making a cascade.
+
+The target of an image is the union of its worm masks, which is exactly what the binary-input
+model was trained on (``core.data.bbbc010``: the paper's binary input is that union), so the
+foreground net's output can be handed to that model unchanged.
+
+Loss: ``core.model.foreground.foreground_loss`` (cross-entropy plus soft Dice).
+Augmentation: random crops, flips and quarter turns, and a random gamma / contrast / offset and
+noise, so the net does not learn one microscope's exposure (users' bright-field differs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_semiconv.core.checkpoint import Checkpoint
+from napari_semiconv.core.data.sample import Sample
+from napari_semiconv.core.model.builder import SemiConvMaskRCNN, build_model
+from napari_semiconv.core.model.foreground import (
+    FOREGROUND_THRESHOLD,
+    ForegroundNet,
+    foreground_loss,
+)
+
+__all__ = [
+    "ForegroundProgress",
+    "attach_foreground",
+    "foreground_iou",
+    "foreground_target",
+    "predict_foreground",
+    "random_batch",
+    "train_foreground_steps",
+]
+
+
+@dataclass(frozen=True)
+class ForegroundProgress:
+    """One optimiser step: ``step`` of ``total`` (``total`` None under a time budget)."""
+
+    step: int
+    total: int | None
+    loss: float
+    seconds: float
+
+
+def foreground_target(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool union of (N, H, W) worm masks (all background when N is 0)."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != tuple(shape):
+        raise ValueError(f"masks must be (N, {shape[0]}, {shape[1]}), got {masks.shape}")
+    return masks.any(axis=0) if len(masks) else np.zeros(shape, bool)
+
+
+def _crop_pair(
+    image: np.ndarray, target: np.ndarray, rng: np.random.Generator, crop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    height, width = image.shape
+    if height < crop or width < crop:  # small images: pad with the background's own border
+        pad = ((0, max(0, crop - height)), (0, max(0, crop - width)))
+        image, target = np.pad(image, pad, mode="edge"), np.pad(target, pad)
+        height, width = image.shape
+    y0 = int(rng.integers(0, height - crop + 1))
+    x0 = int(rng.integers(0, width - crop + 1))
+    return image[y0 : y0 + crop, x0 : x0 + crop], target[y0 : y0 + crop, x0 : x0 + crop]
+
+
+def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random gamma, contrast, offset and Gaussian noise on a [0, 1] image."""
+    out = np.clip(image, 0.0, 1.0) ** rng.uniform(0.75, 1.33)
+    out = out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+    out = out + rng.normal(0.0, rng.uniform(0.0, 0.02), out.shape)
+    return np.clip(out, 0.0, 1.0)
+
+
+def random_batch(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    batch_size: int,
+    crop: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, crop, crop) augmented images and their (B, 1, crop, crop) float targets."""
+    xs, ys = [], []
+    for _ in range(batch_size):
+        index = int(rng.integers(len(images)))
+        x, y = _crop_pair(images[index], targets[index], rng, crop)
+        turns = int(rng.integers(4))
+        x, y = np.rot90(x, turns), np.rot90(y, turns)
+        if rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, ::-1]
+        xs.append(_jitter(x, rng))
+        ys.append(y)
+    x = torch.from_numpy(np.stack(xs).astype(np.float32))[:, None]
+    y = torch.from_numpy(np.stack(ys).astype(np.float32))[:, None]
+    return x, y
+
+
+def train_foreground_steps(
+    net: ForegroundNet,
+    samples: Sequence[Sample],
+    steps: int | None = 600,
+    time_budget: float | None = None,
+    batch_size: int = 8,
+    crop: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+) -> Generator[ForegroundProgress, None, ForegroundNet]:
+    """Train ``net`` in place on bright-field ``samples``; yields a progress record per step.
+
+    Adam with a cosine decay of ``lr`` to zero over ``steps``, or over ``time_budget`` seconds
+    when given (the schedule then follows the elapsed fraction of the budget). ``amp``: forward
+    under bf16 autocast (×2.2 per step on an AVX512-BF16 CPU; the loss in float32). Stop early by no
+    longer iterating; the net keeps what it has learned so far. Returns ``net`` in eval mode.
+
+    Raises:
+        ValueError: no samples, neither ``steps`` nor ``time_budget``, or bad sizes.
+    """
+    if not samples:
+        raise ValueError("no training images for the foreground net")
+    if steps is None and time_budget is None:
+        raise ValueError("give a number of steps or a time budget")
+    if steps is not None and int(steps) < 1 or time_budget is not None and time_budget <= 0:
+        raise ValueError(f"steps and time_budget must be positive, got {steps}, {time_budget}")
+    if int(batch_size) < 1 or int(crop) < 16:
+        raise ValueError(f"batch_size must be >= 1 and crop >= 16, got {batch_size}, {crop}")
+    images = [np.asarray(s.image, np.float32) for s in samples]
+    targets = [foreground_target(s.masks, s.image.shape) for s in samples]
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net.to(device).train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    start = time.perf_counter()
+    step = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        done = max(
+            step / steps if steps is not None else 0.0,
+            elapsed / time_budget if time_budget is not None else 0.0,
+        )
+        if done >= 1.0:
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + np.cos(np.pi * done))
+        x, y = random_batch(images, targets, rng, int(batch_size), int(crop))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x.to(device))
+        loss = foreground_loss(logits.float(), y.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        yield ForegroundProgress(step, steps, float(loss.detach()), time.perf_counter() - start)
+    return net.eval()
+
+
+@torch.no_grad()
+def predict_foreground(net: ForegroundNet, grey: np.ndarray) -> np.ndarray:
+    """(H, W) float32 foreground probability of a normalised (H, W) bright-field image."""
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2:
+        raise ValueError(f"expected a normalised (H, W) image, got shape {grey.shape}")
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(grey))[None, None].to(device)
+        return torch.sigmoid(net(x))[0, 0].float().cpu().numpy()
+    finally:
+        net.train(was_training)
+
+
+def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskRCNN:
+    """A bright-field cascade: ``net`` in front of a binary-input detector's weights.
+
+    The result's config is the detector's with ``input_mode="brightfield"`` and the U-Net's
+    architecture; its state is the detector's plus the U-Net's under ``foreground.``. Its card
+    is the detector's, which the caller extends (recipe, data, metrics). Eval mode, on the CPU.
+
+    Raises:
+        ValueError: the detector does not take binary input (or is already a cascade).
+    """
+    config = detector.config
+    if config.input_mode != "binary" or config.foreground_width:
+        raise ValueError(
+            "a cascade needs a binary-input detector (such as worms-binary); this one takes "
+            f"{config.input_mode!r} input"
+            + (" and already has a foreground U-Net" if config.foreground_width else "")
+        )
+    fg = net.config
+    cascade_config = dataclasses.replace(
+        config,
+        input_mode="brightfield",
+        foreground_width=fg.width,
+        foreground_depth=fg.depth,
+        foreground_max_width=fg.max_width,
+    )
+    model = build_model(cascade_config)
+    state = dict(detector.state_dict)
+    state.update({f"foreground.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
+    model.load_state_dict(state, strict=True)
+    model.card = dict(detector.card)
+    return model.eval()
+
+
+def foreground_iou(net: ForegroundNet, samples: Sequence[Sample]) -> list[float]:
+    """Per sample, the IoU of the thresholded U-Net map with the union of its worm masks."""
+    scores = []
+    for sample in samples:
+        pred = predict_foreground(net, sample.image) > FOREGROUND_THRESHOLD
+        true = foreground_target(sample.masks, sample.image.shape)
+        union = int(np.count_nonzero(pred | true))
+        scores.append(float(np.count_nonzero(pred & true) / union) if union else 1.0)
+    return scores
