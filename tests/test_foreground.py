@@ -118,6 +118,9 @@ def _cascade(tmp_path):
 def test_cascade_runs_the_detector_on_the_unet_binary_map(tmp_path):
     cascade, detector, net = _cascade(tmp_path)
     assert cascade.config.input_mode == "brightfield" and cascade.config.foreground_width == 4
+    # the detector's card describes the detector, not the cascade
+    assert cascade.card["detector_name"] == "det" and "name" not in cascade.card
+    assert "brightfield" in cascade.card["normalisation"]
     image = torch.from_numpy(_brightfield(3).image)[None]
     with torch.no_grad():
         out = cascade([image])[0]

@@ -94,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     model.card.update(
         name=out.stem,
         description=f"bright-field cascade: foreground U-Net + {args.detector}",
-        input_mode="brightfield",
-        preprocessing={"grey": "luminance", "normalise": "brightfield"},
         detector=args.detector,
-        detector_card_name=detector.card.get("name"),
         foreground_training={
             "data": str(args.data),
             "images": [s.name for s in train],

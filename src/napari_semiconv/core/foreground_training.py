@@ -31,6 +31,7 @@ from napari_semiconv.core.model.foreground import (
 __all__ = [
     "ForegroundProgress",
     "attach_foreground",
+    "cascade_card",
     "foreground_iou",
     "foreground_target",
     "predict_foreground",
@@ -206,8 +207,28 @@ def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskR
     state = dict(detector.state_dict)
     state.update({f"foreground.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
     model.load_state_dict(state, strict=True)
-    model.card = dict(detector.card)
+    model.card = cascade_card(detector.card)
     return model.eval()
+
+
+# the detector's card entries that describe the detector, not the cascade: kept under detector_*
+_DETECTOR_KEYS = (
+    "name", "description", "data", "recipe", "step", "fold", "metrics", "metrics_protocol",
+    "cross_validation", "history", "created", "normalisation", "preprocessing",
+)  # fmt: skip
+
+
+def cascade_card(detector_card: dict) -> dict:
+    """A cascade's starting card: the detector's own entries moved under ``detector_<key>``
+    (its metrics are not the cascade's) and the bright-field input described."""
+    card = {(f"detector_{k}" if k in _DETECTOR_KEYS else k): v for k, v in detector_card.items()}
+    card["input_mode"] = "brightfield"
+    card["preprocessing"] = {"grey": "luminance", "normalise": "brightfield"}
+    card["normalisation"] = (
+        "core.preprocess.normalise(brightfield): per-image percentiles -> [0, 1]; the foreground "
+        "U-Net's probability > 0.5 is the detector's binary input"
+    )
+    return card
 
 
 def foreground_iou(net: ForegroundNet, samples: Sequence[Sample]) -> list[float]:
