@@ -80,12 +80,17 @@ def test_thresholds_follow_the_models_input_mode(make_napari_viewer, tiny_model)
     assert w.set_model("worms-binary")
     assert w.mask_spin.value() == pytest.approx(binary["mask_threshold"])
     assert w.overlap_spin.value() == pytest.approx(binary["max_overlap"])
-    assert w.set_model("worms-brightfield")
+    # the tiny bright-field model has no foreground U-Net: its detector sees bright-field
+    assert w.set_model(str(tiny_model))
     assert w.mask_spin.value() == pytest.approx(brightfield["mask_threshold"])
     assert w.overlap_spin.value() == pytest.approx(brightfield["max_overlap"])
-    # a user's value survives a change to another model of the same input mode (the tiny one)
+    # worms-brightfield is a cascade: its detector sees the U-Net's binary map
+    assert w.set_model("worms-brightfield")
+    assert w.mask_spin.value() == pytest.approx(binary["mask_threshold"])
+    assert w.overlap_spin.value() == pytest.approx(binary["max_overlap"])
+    # a user's value survives a change to another model whose detector sees the same input
     w.mask_spin.setValue(0.65)
-    assert w.set_model(str(tiny_model))
+    assert w.set_model("worms-binary")
     assert w.mask_spin.value() == pytest.approx(0.65)
 
 
