@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(last.seconds, 1) if last else 0.0,
             "architecture": config.to_dict(),
             "recipe": f"Adam lr {args.lr} cosine, batch {args.batch_size} crops of {args.crop} px,"
-            f" flips/turns, gamma/contrast/noise jitter, BCE + soft Dice, bf16 {amp}",
+            f" core.data.augment (flips/turns, intensity jitter), BCE + soft Dice, bf16 {amp}",
             "command": "napari-semiconv " + shlex.join(getattr(args, "argv", sys.argv[1:])),
         },
     )

@@ -5,8 +5,8 @@ model was trained on (``core.data.bbbc010``: the paper's binary input is that un
 foreground net's output can be handed to that model unchanged.
 
 Loss: ``core.model.foreground.foreground_loss`` (cross-entropy plus soft Dice).
-Augmentation: random crops, flips and quarter turns, and a random gamma / contrast / offset and
-noise, so the net does not learn one microscope's exposure (users' bright-field differs).
+Augmentation: the detector's (``core.data.augment``): random crops, flips and quarter turns, and
+a random gamma / gain / offset and noise, so the net does not learn one microscope's exposure.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from napari_semiconv.core.checkpoint import Checkpoint
+from napari_semiconv.core.data.augment import augment
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.model.builder import SemiConvMaskRCNN, build_model
 from napari_semiconv.core.model.foreground import (
@@ -58,25 +59,14 @@ def foreground_target(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return masks.any(axis=0) if len(masks) else np.zeros(shape, bool)
 
 
-def _crop_pair(
-    image: np.ndarray, target: np.ndarray, rng: np.random.Generator, crop: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _padded(image: np.ndarray, target: np.ndarray, crop: int) -> Sample:
+    """(image, target) as a one-mask Sample at least ``crop`` on a side (``augment`` shrinks a
+    window to a smaller image; a batch needs equal crops): padded with the image's own border."""
     height, width = image.shape
-    if height < crop or width < crop:  # small images: pad with the background's own border
+    if height < crop or width < crop:
         pad = ((0, max(0, crop - height)), (0, max(0, crop - width)))
         image, target = np.pad(image, pad, mode="edge"), np.pad(target, pad)
-        height, width = image.shape
-    y0 = int(rng.integers(0, height - crop + 1))
-    x0 = int(rng.integers(0, width - crop + 1))
-    return image[y0 : y0 + crop, x0 : x0 + crop], target[y0 : y0 + crop, x0 : x0 + crop]
-
-
-def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random gamma, contrast, offset and Gaussian noise on a [0, 1] image."""
-    out = np.clip(image, 0.0, 1.0) ** rng.uniform(0.75, 1.33)
-    out = out * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
-    out = out + rng.normal(0.0, rng.uniform(0.0, 0.02), out.shape)
-    return np.clip(out, 0.0, 1.0)
+    return Sample(image, target[None], "foreground")
 
 
 def random_batch(
@@ -86,17 +76,18 @@ def random_batch(
     batch_size: int,
     crop: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 1, crop, crop) augmented images and their (B, 1, crop, crop) float targets."""
+    """(B, 1, crop, crop) augmented images and their (B, 1, crop, crop) float targets.
+
+    The detector's own augmentation (``core.data.augment``: crop, flips, quarter turns and the
+    bright-field intensity jitter), at native scale, with the foreground as the one mask.
+    """
     xs, ys = [], []
     for _ in range(batch_size):
         index = int(rng.integers(len(images)))
-        x, y = _crop_pair(images[index], targets[index], rng, crop)
-        turns = int(rng.integers(4))
-        x, y = np.rot90(x, turns), np.rot90(y, turns)
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
-        xs.append(_jitter(x, rng))
-        ys.append(y)
+        sample = _padded(images[index], targets[index], crop)
+        out = augment(sample, rng, crop, input_mode="brightfield", scale=(1.0, 1.0))
+        xs.append(out.image)
+        ys.append(out.masks.any(axis=0) if len(out.masks) else np.zeros((crop, crop), bool))
     x = torch.from_numpy(np.stack(xs).astype(np.float32))[:, None]
     y = torch.from_numpy(np.stack(ys).astype(np.float32))[:, None]
     return x, y
