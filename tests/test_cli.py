@@ -72,6 +72,10 @@ def test_evaluate_json_summary(trained, dataset, capsys):
     assert SUMMARY_KEYS <= set(summary)
     assert summary["n_images"] == 3
     assert 0.0 <= summary["AP"] <= 1.0
+    # the old post-processing of touching worms stays reachable for comparisons
+    assert main(["evaluate", "--model", str(out), "--data", str(dataset), "--layout", "folders",
+                 "--device", "cpu", "--json", "--no-divide"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_images"] == 3
 
 
 def test_evaluate_rejects_a_mismatched_input_mode(trained, dataset, capsys):
@@ -140,12 +144,15 @@ def test_predict_replays_an_older_record_as_it_was_made(trained, dataset, tmp_pa
                  "--device", "cpu", "--max-overlap", "0.2", "--no-foreground"]) == 0  # fmt: skip
     run = json.loads((tmp_path / "a" / "img2_run.json").read_text())
     assert run["settings"]["max_overlap"] == 0.2 and run["settings"]["use_foreground"] is False
+    assert run["settings"]["divide_touching"] is True
     del run["settings"]["max_overlap"], run["settings"]["use_foreground"]
+    del run["settings"]["divide_touching"]  # nor the sharing out of touching worms
     (tmp_path / "old.json").write_text(json.dumps(run))
     assert main(["predict", image, "--from-run", str(tmp_path / "old.json"),
                  "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0  # fmt: skip
     replayed = json.loads((tmp_path / "b" / "img2_run.json").read_text())["settings"]
     assert replayed["max_overlap"] == 1.0 and replayed["use_foreground"] is False
+    assert replayed["divide_touching"] is False
 
 
 def test_models_lists_user_models(trained, tmp_path, monkeypatch, capsys):

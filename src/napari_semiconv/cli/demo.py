@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
         **postprocess_defaults(model.config.detector_input_mode),
+        "divide_touching": True,
         "tile_size": None,
         "overlap": 64,
     }

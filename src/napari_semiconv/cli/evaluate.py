@@ -29,6 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_false",
         help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
     )
+    p.add_argument(
+        "--no-divide",
+        dest="divide_touching",
+        action="store_false",
+        help="keep the thresholded masks of touching worms as they are (see predict --no-divide)",
+    )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     p.set_defaults(run=run)
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 mask_threshold=args.mask_threshold,
                 max_overlap=args.max_overlap,
                 use_foreground=args.use_foreground,
+                divide_touching=args.divide_touching,
                 tile_size=args.tile_size,
                 preprocessed=True,
             )

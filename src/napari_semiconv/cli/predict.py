@@ -18,12 +18,13 @@ from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_def
 #: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
 #: model's input mode's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
 #: from before max_overlap existed is replayed as that run was made: no mask-overlap suppression
-#: and no use of a binary input's foreground.
+#: and no use of a binary input's foreground; one from before divide_touching, without it.
 DEFAULTS = {
     "score_threshold": DEFAULT_SCORE_THRESHOLD,
     "mask_threshold": None,
     "max_overlap": None,
     "use_foreground": True,
+    "divide_touching": True,
     "tile_size": None,
     "overlap": 64,
     "batch_size": 1,
@@ -53,6 +54,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_const",
         const=False,
         help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
+    )
+    p.add_argument(
+        "--no-divide",
+        dest="divide_touching",
+        action="store_const",
+        const=False,
+        help="keep the thresholded masks of touching worms as they are (default: each pixel "
+        "that several worms or none claim in their foreground blob goes to one worm)",
     )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 64)")
@@ -104,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         settings.update({k: recorded[k] for k in DEFAULTS if k in recorded})
         if "max_overlap" not in recorded:
             settings.update(max_overlap=1.0, use_foreground=False)
+        if "divide_touching" not in recorded:
+            settings.update(divide_touching=False)
         if args.model:  # an explicit --model replaces the recorded one
             model = load_model(args.model, device=args.device)
         else:
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "mask_threshold",
         "max_overlap",
         "use_foreground",
+        "divide_touching",
         "tile_size",
         "overlap",
     ):

@@ -30,7 +30,7 @@ from napari_semiconv.core.refine import (
     postprocess_defaults,
     refine_instances,
 )
-from napari_semiconv.core.tiling import Candidate, merge_candidates, tile_grid
+from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 
 __all__ = [
     "Instances",
@@ -119,6 +119,7 @@ def segment_steps(
     preprocessed: bool = False,
     max_overlap: float | None = None,
     use_foreground: bool = True,
+    divide_touching: bool = True,
 ) -> Generator[SegmentProgress, None, Instances]:
     """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
 
@@ -143,11 +144,15 @@ def segment_steps(
         use_foreground: binary-input models and bright-field cascades: clip each worm to the
             foreground (the input, or the cascade's U-Net map), and give a worm alone in its
             foreground blob the whole blob (``core.refine``).
+        divide_touching: with ``use_foreground``, give each pixel of a blob of touching worms
+            that several worms or none claim to one worm, by mask probability
+            (``core.divide``); False keeps the thresholded masks as they are there.
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
-    crops to their boxes; the result holds N·H·W bytes of masks plus 8·H·W bytes of Φ, and the
-    clean-up (``core.refine``) works in the masks' own buffer (binary input: plus 5·H·W bytes
-    for the foreground and its connected components).
+    crops to their RoI boxes (a bool mask and a uint8 probability each); the result holds N·H·W
+    bytes of masks plus 8·H·W bytes of Φ, and the clean-up (``core.refine``) works in the masks'
+    own buffer (binary input: plus 5·H·W bytes for the foreground and its connected components;
+    sharing out a blob of touching worms: a few bytes per pixel of that blob's box and worm).
 
     Raises:
         TypeError: image is not a numeric array.
@@ -188,10 +193,17 @@ def segment_steps(
         return Instances(empty, np.zeros(0, np.float32), displacement, fg)
     while True:
         try:
-            found = yield from _segment_tiles(
+            found, soft = yield from _segment_tiles(
                 model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold
             )
-            return _refine(found, grey, model.config.input_mode, max_overlap, use_foreground)
+            return _refine(
+                found,
+                soft if divide_touching else None,
+                grey,
+                model.config.input_mode,
+                max_overlap,
+                use_foreground,
+            )
         except torch.OutOfMemoryError as exc:
             # out of memory: free what the failed pass held and retry with half the tile side
             # (and one tile per pass); below the 32-px floor there is nothing left to try
@@ -224,9 +236,16 @@ def _resolve(
 
 
 def _refine(
-    found: Instances, grey: np.ndarray, input_mode: str, max_overlap: float, use_foreground: bool
+    found: Instances,
+    soft: list[SoftMask | None] | None,
+    grey: np.ndarray,
+    input_mode: str,
+    max_overlap: float,
+    use_foreground: bool,
 ) -> Instances:
-    """``core.refine.refine_instances`` with the foreground the detector saw, if it saw one.
+    """``core.refine.refine_instances`` with the foreground the detector saw, if it saw one
+    (and then the masks' probabilities ``soft``, when given, share out the blobs of touching
+    worms).
 
     A binary input's foreground is its non-zero pixels; a cascade's is its U-Net's map above
     ``FOREGROUND_THRESHOLD`` (exactly the binary image its detector was given).
@@ -238,7 +257,7 @@ def _refine(
         foreground = grey > 0.5
     # the masks were made here for this call: refine them in their own buffer
     masks, scores = refine_instances(
-        found.masks, found.scores, foreground, max_overlap, inplace=True
+        found.masks, found.scores, foreground, max_overlap, inplace=True, soft=soft
     )
     return Instances(masks, scores, found.displacement, found.foreground)
 
@@ -251,7 +270,7 @@ def _segment_tiles(
     batch_size: int,
     score_threshold: float,
     mask_threshold: float,
-) -> Generator[SegmentProgress, None, Instances]:
+) -> Generator[SegmentProgress, None, tuple[Instances, list[SoftMask | None]]]:
     """One pass over the tiles of ``grey`` (see :func:`segment_steps`)."""
     height, width = grey.shape
     tiles = tile_grid(height, width, tile_size, overlap)
@@ -292,8 +311,8 @@ def _segment_tiles(
             yield SegmentProgress(done, len(tiles), f"tile {done}/{len(tiles)}")
     finally:
         model.train(was_training)
-    masks, scores = merge_candidates(candidates, tiles, height, width)
-    return Instances(masks, scores, displacement, foreground)
+    masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
+    return Instances(masks, scores, displacement, foreground), soft
 
 
 def _collect(
@@ -304,16 +323,20 @@ def _collect(
     score_threshold: float,
     mask_threshold: float,
 ) -> None:
-    """Append the tile's detections above the thresholds, as box crops in image coordinates.
+    """Append the tile's detections above the thresholds, as crops in image coordinates: the
+    thresholded mask and the uint8 mask probability, on the box where the probability is not 0
+    (the pasted RoI), which ``core.divide`` reads to share out touching worms' pixels.
 
-    All masks are thresholded on the model's device and copied to the host in one transfer (a
-    copy per detection costs a GPU sync each).
+    All masks are thresholded on the model's device and copied to the host in one transfer each
+    (a copy per detection costs a GPU sync each).
     """
     keep = out["scores"] >= score_threshold
     scores = out["scores"][keep].float().cpu().numpy()
-    masks = (out["masks"][keep][:, 0] > mask_threshold).cpu().numpy()  # (N, H, W) bool
-    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(masks)):
-        if y1 == y0:
+    prob = out["masks"][keep][:, 0]
+    masks = (prob > mask_threshold).cpu().numpy()  # (N, H, W) bool
+    prob8 = (prob.float() * 255.0).round_().to(torch.uint8).cpu().numpy()
+    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(prob8 > 0)):
+        if not masks[k, y0:y1, x0:x1].any():
             continue  # a box whose mask is empty at this threshold is no worm
         candidates.append(
             Candidate(
@@ -322,6 +345,7 @@ def _collect(
                 tile.x0 + int(x0),
                 masks[k, y0:y1, x0:x1].copy(),
                 float(scores[k]),
+                prob8[k, y0:y1, x0:x1].copy(),
             )
         )
 
@@ -342,6 +366,7 @@ def segment_batch(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     mask_threshold: float | None = None,
     max_overlap: float | None = None,
+    divide_touching: bool = True,
 ) -> list[Instances]:
     """Segment several images in one forward pass (throughput on a GPU); one Instances each.
 
@@ -376,11 +401,12 @@ def segment_batch(
         tiles = tile_grid(height, width, max(height, width), 0)
         candidates: list[Candidate] = []
         _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold)
-        masks, scores = merge_candidates(candidates, tiles, height, width)
+        masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
         phi = out["displacement"].float().cpu().numpy()
         fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
         found = Instances(masks, scores, phi, fg)
-        results.append(_refine(found, grey, model.config.input_mode, max_overlap, True))
+        soft = soft if divide_touching else None
+        results.append(_refine(found, soft, grey, model.config.input_mode, max_overlap, True))
     return results
 
 

@@ -16,8 +16,13 @@ detections (touching or crossing worms, the case the network is for) are left as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
+
+from napari_semiconv.core.divide import blob_owners, divide_shared_blobs
+from napari_semiconv.core.tiling import SoftMask
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
@@ -86,9 +91,12 @@ def refine_instances(
     max_overlap: float,
     min_cover: float = FILL_MIN_COVER,
     inplace: bool = False,
+    soft: Sequence[SoftMask | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """What `segment` does after the network: clip to ``foreground`` (when given), drop
-    duplicates (:func:`suppress_overlaps`), then fill lone worms (:func:`fill_lone_worms`).
+    duplicates (:func:`suppress_overlaps`), fill lone worms (:func:`fill_lone_worms`), then,
+    when the mask probabilities ``soft`` are given (one per mask), share out the pixels of
+    blobs of touching worms (``core.divide.divide_shared_blobs``).
 
     Duplicates go before the filling: a duplicate would make a lone worm look shared.
     ``inplace`` reuses the buffer of ``masks`` (a 3000×3000 image with 100 worms holds 900 MB
@@ -96,6 +104,8 @@ def refine_instances(
     Returns (masks, scores) in decreasing score order.
     """
     scores = np.asarray(scores)
+    if soft is not None and len(soft) != masks.shape[0]:
+        raise ValueError(f"{masks.shape[0]} masks but {len(soft)} probabilities")
     if foreground is not None:
         masks = clip_to_foreground(masks, foreground, inplace=inplace)
     keep = suppress_overlaps(masks, scores, max_overlap)
@@ -111,6 +121,12 @@ def refine_instances(
     scores = scores[keep]
     if foreground is not None:
         masks = fill_lone_worms(masks, foreground, min_cover, inplace=inplace)
+        if soft is not None:
+            kept_soft = [soft[int(k)] for k in keep]
+            masks = divide_shared_blobs(masks, foreground, kept_soft, inplace=inplace)
+            alive = masks.any(axis=(1, 2))
+            if not alive.all():  # a worm whose every pixel went to its neighbours is no worm
+                masks, scores = masks[alive], scores[alive]
     return masks, scores
 
 
@@ -143,13 +159,7 @@ def fill_lone_worms(
         return out
     components, n = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(components.ravel(), minlength=n + 1)
-    owner = np.zeros(masks.shape[0], dtype=np.int64)  # 0: the worm has no foreground pixel
-    inside = np.zeros(masks.shape[0], dtype=np.int64)
-    for k in range(masks.shape[0]):
-        counts = np.bincount(components[masks[k]], minlength=n + 1)
-        counts[0] = 0
-        owner[k] = int(np.argmax(counts))
-        inside[k] = counts[owner[k]]
+    owner, inside = blob_owners(masks, components, n)  # owner 0: no foreground pixel
     residents = np.bincount(owner[owner > 0], minlength=n + 1)
     boxes = ndimage.find_objects(components)  # compare within each blob's box, not the image
     for k in range(masks.shape[0]):

@@ -13,7 +13,9 @@ tiles see exceeds 0.5. A merged worm is the union of its pieces, so a worm longe
 other: the detector's own output keeps overlapping worms apart.
 
 Candidates are stored as crops to their bounding box, so memory grows with the worms, not with
-the number of tiles.
+the number of tiles. A candidate may carry its mask *probability* (uint8, 255 = 1) on the same
+crop; a merged worm's probability is the maximum of its pieces' (:class:`SoftMask`), which
+``core.divide`` uses to share out the pixels of touching worms.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tile", "Candidate", "tile_grid", "merge_candidates", "MERGE_IOU"]
+__all__ = [
+    "MERGE_IOU",
+    "Candidate",
+    "SoftMask",
+    "Tile",
+    "merge_candidates",
+    "merge_candidates_soft",
+    "tile_grid",
+]
 
 #: Overlap-restricted IoU above which two pieces from different tiles are one worm.
 MERGE_IOU = 0.5
@@ -44,13 +54,22 @@ class Tile:
 
 @dataclass
 class Candidate:
-    """One instance found in one tile: a bool mask cropped to its box (image coordinates)."""
+    """One instance found in one tile: a bool mask cropped to its box (image coordinates), and
+    optionally its mask probability on the same crop (uint8, 255 = 1)."""
 
     tile: int
     y0: int
     x0: int
     mask: np.ndarray  # (h, w) bool, the crop at (y0, x0)
     score: float
+    prob: np.ndarray | None = None  # (h, w) uint8 or None
+
+    def __post_init__(self) -> None:
+        if self.prob is not None and self.prob.shape != self.mask.shape:
+            raise ValueError(
+                f"a candidate's probability crop {self.prob.shape} must match its mask "
+                f"{self.mask.shape}"
+            )
 
     @property
     def y1(self) -> int:
@@ -59,6 +78,18 @@ class Candidate:
     @property
     def x1(self) -> int:
         return self.x0 + self.mask.shape[1]
+
+
+@dataclass(frozen=True)
+class SoftMask:
+    """A worm's mask probability on a crop at (y0, x0) of the image: (h, w) uint8, 255 = 1.
+
+    Pixels outside the crop have probability 0 (the detector's RoI did not reach them).
+    """
+
+    y0: int
+    x0: int
+    prob: np.ndarray
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -146,6 +177,15 @@ def merge_candidates(
         masks (N, height, width) bool and scores (N,) float32 (a merged worm keeps its best
         piece's score), ordered by decreasing score.
     """
+    masks, scores, _ = merge_candidates_soft(candidates, tiles, height, width)
+    return masks, scores
+
+
+def merge_candidates_soft(
+    candidates: list[Candidate], tiles: list[Tile], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, list[SoftMask | None]]:
+    """:func:`merge_candidates`, plus each merged worm's probability: a :class:`SoftMask` on the
+    box of its pieces, the maximum where pieces overlap (None when a piece carries none)."""
     n = len(candidates)
     parent = list(range(n))
 
@@ -177,9 +217,24 @@ def merge_candidates(
     merged = sorted(groups.values(), key=lambda g: -max(candidates[i].score for i in g))
     masks = np.zeros((len(merged), height, width), dtype=bool)
     scores = np.zeros(len(merged), dtype=np.float32)
+    soft: list[SoftMask | None] = []
     for k, group in enumerate(merged):
         for i in group:
             c = candidates[i]
             masks[k, c.y0 : c.y1, c.x0 : c.x1] |= c.mask
         scores[k] = max(candidates[i].score for i in group)
-    return masks, scores
+        soft.append(_merged_prob([candidates[i] for i in group]))
+    return masks, scores, soft
+
+
+def _merged_prob(pieces: list[Candidate]) -> SoftMask | None:
+    """The pieces' probabilities on the box around them all (maximum where they overlap)."""
+    if any(c.prob is None for c in pieces):
+        return None
+    y0, x0 = min(c.y0 for c in pieces), min(c.x0 for c in pieces)
+    y1, x1 = max(c.y1 for c in pieces), max(c.x1 for c in pieces)
+    prob = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    for c in pieces:
+        window = prob[c.y0 - y0 : c.y1 - y0, c.x0 - x0 : c.x1 - x0]
+        np.maximum(window, c.prob, out=window)
+    return SoftMask(y0, x0, prob)

@@ -142,6 +142,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "score_threshold": request.score_threshold,
         "mask_threshold": request.mask_threshold,
         "max_overlap": request.max_overlap,
+        "divide_touching": True,  # recorded: `predict --from-run` replays older runs without it
         "tile_size": request.tile_size,
         "overlap": tile_overlap(request.tile_size),
     }
