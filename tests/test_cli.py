@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
+import torch
 from toy_worms import write_folders_dataset
 
 from napari_semiconv.cli.main import main
@@ -200,3 +201,33 @@ def test_train_foreground_writes_a_cascade_that_segments(trained, dataset, tmp_p
                  "--detector", str(out), "--out", str(tmp_path / "again.pt"),
                  "--steps", "1"])  # fmt: skip
     assert code == 2 and "binary-input detector" in capsys.readouterr().err
+    assert not (tmp_path / "again.pt").exists()
+
+
+def test_train_foreground_continues_a_cascades_unet(trained, dataset, tmp_path, capsys):
+    detector, _ = trained
+    first = tmp_path / "first.pt"
+    args = ["train-foreground", "--data", str(dataset), "--layout", "folders",
+            "--detector", str(detector), "--crop", "48", "--batch-size", "2",
+            "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--out", str(first), "--steps", "2", "--width", "4", "--depth", "2"]) == 0
+    from napari_semiconv.core.checkpoint import load_checkpoint
+    from napari_semiconv.core.foreground_training import foreground_of
+
+    start = foreground_of(load_checkpoint(first))
+    again = tmp_path / "again.pt"
+    # the U-Net keeps the cascade's architecture (not the default --width 8) and its weights
+    assert main([*args, "--out", str(again), "--steps", "1", "--lr", "0",
+                 "--foreground-from", str(first)]) == 0  # fmt: skip
+    capsys.readouterr()
+    ckpt = load_checkpoint(again)
+    assert ckpt.config.foreground_width == 4 and ckpt.config.foreground_depth == 2
+    assert ckpt.card["foreground_training"]["start"] == f"the U-Net of {first}"
+    continued = dict(foreground_of(ckpt).named_parameters())
+    for name, value in start.named_parameters():  # lr 0: one step changes no weight
+        assert torch.equal(continued[name], value), name
+    # a model without a U-Net cannot be continued: refused before any training
+    code = main([*args, "--out", str(tmp_path / "no.pt"), "--steps", "1",
+                 "--foreground-from", str(detector)])  # fmt: skip
+    assert code == 2 and "no foreground U-Net" in capsys.readouterr().err
+    assert not (tmp_path / "no.pt").exists()

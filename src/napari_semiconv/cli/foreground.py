@@ -31,9 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam, cosine decay to 0")
-    p.add_argument("--width", type=int, default=8, help="first-level channels of the U-Net")
-    p.add_argument("--depth", type=int, default=4, help="2x poolings of the U-Net")
-    p.add_argument("--max-width", type=int, default=64, help="channel cap of the U-Net")
+    p.add_argument(
+        "--foreground-from",
+        help="cascade (name or path, e.g. worms-brightfield) whose U-Net to train further, "
+        "instead of a new one; its architecture replaces --width/--depth/--max-width",
+    )
+    p.add_argument("--width", type=int, default=8, help="first-level channels of a new U-Net")
+    p.add_argument("--depth", type=int, default=4, help="2x poolings of a new U-Net")
+    p.add_argument("--max-width", type=int, default=64, help="channel cap of a new U-Net")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast (default: if it pays)")
@@ -48,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.devices import bf16_autocast_pays, resolve_device
     from napari_semiconv.core.foreground_training import (
         attach_foreground,
+        check_detector,
         foreground_iou,
+        foreground_of,
         train_foreground_steps,
     )
     from napari_semiconv.core.model.foreground import ForegroundConfig, build_foreground_net
@@ -61,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     if args.input not in (None, "brightfield"):
         raise ValueError("the foreground U-Net learns from bright-field images: drop --input")
     detector = load_checkpoint(resolve_model_path(args.detector)[0])
-    config = ForegroundConfig(args.width, args.depth, args.max_width)
+    check_detector(detector)
+    # a cascade to start from is read (and refused if it is none) before any training
+    start = (
+        foreground_of(load_checkpoint(resolve_model_path(args.foreground_from)[0]))
+        if args.foreground_from
+        else None
+    )
     wells, val_wells = split_wells(args.wells), split_wells(args.val_wells)
     both = sorted(set(wells or ()) & set(val_wells or ()))
     if both:
@@ -73,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     amp = not args.no_amp and bf16_autocast_pays(device)
     torch.manual_seed(args.seed)
-    net = build_foreground_net(config)
+    net = (
+        start
+        if start is not None
+        else build_foreground_net(ForegroundConfig(args.width, args.depth, args.max_width))
+    )
+    config = net.config
     steps = None if args.time_budget else args.steps
     print(f"training on {len(train)} image(s), {device}, bf16 autocast {'on' if amp else 'off'}")
     last = None
@@ -103,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             "steps": last.step if last else 0,
             "seconds": round(last.seconds, 1) if last else 0.0,
             "architecture": config.to_dict(),
+            "start": f"the U-Net of {args.foreground_from}" if args.foreground_from else "new",
             "recipe": f"Adam lr {args.lr} cosine, batch {args.batch_size} crops of {args.crop} px,"
             f" core.data.augment (flips/turns, intensity jitter), BCE + soft Dice, bf16 {amp}",
             "command": "napari-semiconv " + shlex.join(getattr(args, "argv", sys.argv[1:])),

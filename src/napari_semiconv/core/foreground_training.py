@@ -25,7 +25,9 @@ from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.model.builder import SemiConvMaskRCNN, build_model
 from napari_semiconv.core.model.foreground import (
     FOREGROUND_THRESHOLD,
+    ForegroundConfig,
     ForegroundNet,
+    build_foreground_net,
     foreground_loss,
 )
 
@@ -33,7 +35,9 @@ __all__ = [
     "ForegroundProgress",
     "attach_foreground",
     "cascade_card",
+    "check_detector",
     "foreground_iou",
+    "foreground_of",
     "foreground_target",
     "predict_foreground",
     "random_batch",
@@ -169,6 +173,21 @@ def predict_foreground(net: ForegroundNet, grey: np.ndarray) -> np.ndarray:
         net.train(was_training)
 
 
+def check_detector(detector: Checkpoint) -> None:
+    """Refuse a detector a cascade cannot use (called before training, so no work is lost).
+
+    Raises:
+        ValueError: the detector does not take binary input, or is already a cascade.
+    """
+    config = detector.config
+    if config.input_mode != "binary" or config.foreground_width:
+        raise ValueError(
+            "a cascade needs a binary-input detector (such as worms-binary); this one takes "
+            f"{config.input_mode!r} input"
+            + (" and already has a foreground U-Net" if config.foreground_width else "")
+        )
+
+
 def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskRCNN:
     """A bright-field cascade: ``net`` in front of a binary-input detector's weights.
 
@@ -179,13 +198,8 @@ def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskR
     Raises:
         ValueError: the detector does not take binary input (or is already a cascade).
     """
+    check_detector(detector)
     config = detector.config
-    if config.input_mode != "binary" or config.foreground_width:
-        raise ValueError(
-            "a cascade needs a binary-input detector (such as worms-binary); this one takes "
-            f"{config.input_mode!r} input"
-            + (" and already has a foreground U-Net" if config.foreground_width else "")
-        )
     fg = net.config
     cascade_config = dataclasses.replace(
         config,
@@ -200,6 +214,29 @@ def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskR
     model.load_state_dict(state, strict=True)
     model.card = cascade_card(detector.card)
     return model.eval()
+
+
+def foreground_of(cascade: Checkpoint) -> ForegroundNet:
+    """The U-Net of a cascade checkpoint (its architecture and weights), to train further.
+
+    Raises:
+        ValueError: the checkpoint has no foreground U-Net (it is not a cascade).
+    """
+    config = cascade.config
+    if not config.foreground_width:
+        raise ValueError(
+            "this model has no foreground U-Net to start from (it is not a bright-field cascade "
+            "such as worms-brightfield)"
+        )
+    net = build_foreground_net(
+        ForegroundConfig(
+            config.foreground_width, config.foreground_depth, config.foreground_max_width
+        )
+    )
+    prefix = "foreground."
+    state = {k[len(prefix) :]: v for k, v in cascade.state_dict.items() if k.startswith(prefix)}
+    net.load_state_dict(state, strict=True)
+    return net
 
 
 # the detector's card entries that describe the detector, not the cascade: kept under detector_*
