@@ -21,18 +21,34 @@ outside shared blobs, are left as they are. Chosen on the training wells (docs/b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from napari_semiconv.core.tiling import SoftMask
+from napari_semiconv.core.tiling import SoftMask, crop_on_window
 
-__all__ = ["blob_owners", "divide_shared_blobs", "soft_on_window"]
+__all__ = ["Blobs", "blob_owners", "divide_shared_blobs", "label_blobs", "soft_on_window"]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 #: uint8 probability (0.7) at which a claimant is sure of a pixel: a pixel that two or more
 #: worms are sure of is where they cross, and stays with all of them (chosen on training wells)
 _SURE = 179
+
+
+@dataclass(frozen=True)
+class Blobs:
+    """The 8-connected components of a foreground: labelled once, read by each refinement."""
+
+    labels: np.ndarray  # (H, W) int, 0 = background, 1..count = the blobs
+    count: int
+    boxes: list[tuple[slice, slice]]  # boxes[c - 1]: the window of blob c
+
+
+def label_blobs(foreground: np.ndarray) -> Blobs:
+    """The blobs (8-connected components) of an (H, W) bool foreground."""
+    labels, count = ndimage.label(foreground, structure=_EIGHT)
+    return Blobs(labels, int(count), ndimage.find_objects(labels))
 
 
 def blob_owners(masks: np.ndarray, components: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +67,11 @@ def blob_owners(masks: np.ndarray, components: np.ndarray, n: int) -> tuple[np.n
 def soft_on_window(soft: SoftMask | None, window: tuple[slice, slice]) -> np.ndarray:
     """``soft``'s uint8 probability on the image window ``window`` (0 where it does not reach)."""
     rows, cols = window
-    out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.uint8)
     if soft is None:
-        return out
-    y0, y1 = max(rows.start, soft.y0), min(rows.stop, soft.y0 + soft.prob.shape[0])
-    x0, x1 = max(cols.start, soft.x0), min(cols.stop, soft.x0 + soft.prob.shape[1])
-    if y0 < y1 and x0 < x1:
-        out[y0 - rows.start : y1 - rows.start, x0 - cols.start : x1 - cols.start] = soft.prob[
-            y0 - soft.y0 : y1 - soft.y0, x0 - soft.x0 : x1 - soft.x0
-        ]
-    return out
+        return np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.uint8)
+    return crop_on_window(
+        soft.prob, soft.y0, soft.x0, (rows.start, rows.stop), (cols.start, cols.stop)
+    )
 
 
 def divide_shared_blobs(
@@ -68,6 +79,7 @@ def divide_shared_blobs(
     foreground: np.ndarray,
     soft: Sequence[SoftMask | None],
     inplace: bool = False,
+    blobs: Blobs | None = None,
 ) -> np.ndarray:
     """Give each contested or unclaimed pixel of a shared foreground blob to one worm.
 
@@ -80,6 +92,7 @@ def divide_shared_blobs(
         foreground: (H, W) bool.
         soft: N mask probabilities, in the order of ``masks``.
         inplace: write into ``masks`` instead of a copy.
+        blobs: ``label_blobs(foreground)``, when the caller has it already.
     Returns:
         (N, H, W) bool: a new array, or ``masks`` itself when ``inplace``.
     Raises:
@@ -94,14 +107,13 @@ def divide_shared_blobs(
     out = masks if inplace else masks.copy()
     if masks.shape[0] < 2:
         return out
-    components, n = ndimage.label(foreground, structure=_EIGHT)
-    owner, _ = blob_owners(out, components, n)
-    residents = np.bincount(owner[owner > 0], minlength=n + 1)
-    boxes = ndimage.find_objects(components)
+    blobs = label_blobs(foreground) if blobs is None else blobs
+    owner, _ = blob_owners(out, blobs.labels, blobs.count)
+    residents = np.bincount(owner[owner > 0], minlength=blobs.count + 1)
     for c in np.nonzero(residents >= 2)[0]:
-        window = boxes[c - 1]
+        window = blobs.boxes[c - 1]
         worms = np.nonzero(owner == c)[0]
-        _divide_blob(out, worms, components[window] == c, window, soft)
+        _divide_blob(out, worms, blobs.labels[window] == c, window, soft)
     return out
 
 

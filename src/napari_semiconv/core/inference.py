@@ -193,12 +193,14 @@ def segment_steps(
         return Instances(empty, np.zeros(0, np.float32), displacement, fg)
     while True:
         try:
+            keep_prob = _divides(model, divide_touching, use_foreground)
             found, soft = yield from _segment_tiles(
-                model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold
-            )
+                model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold,
+                keep_prob,
+            )  # fmt: skip
             return _refine(
                 found,
-                soft if divide_touching else None,
+                soft if keep_prob else None,
                 grey,
                 model.config.input_mode,
                 max_overlap,
@@ -233,6 +235,14 @@ def _resolve(
         defaults["mask_threshold"] if mask_threshold is None else float(mask_threshold),
         defaults["max_overlap"] if max_overlap is None else float(max_overlap),
     )
+
+
+def _divides(model: torch.nn.Module, divide_touching: bool, use_foreground: bool) -> bool:
+    """Whether :func:`_refine` will share out touching worms (it needs a foreground: a binary
+    input or a cascade's U-Net), so the masks' probabilities are worth copying off the device."""
+    config = model.config
+    has_foreground = bool(config.foreground_width) or config.input_mode == "binary"
+    return divide_touching and use_foreground and has_foreground
 
 
 def _refine(
@@ -270,6 +280,7 @@ def _segment_tiles(
     batch_size: int,
     score_threshold: float,
     mask_threshold: float,
+    keep_prob: bool,
 ) -> Generator[SegmentProgress, None, tuple[Instances, list[SoftMask | None]]]:
     """One pass over the tiles of ``grey`` (see :func:`segment_steps`)."""
     height, width = grey.shape
@@ -297,7 +308,10 @@ def _segment_tiles(
             ):
                 outputs = model(inputs)
             for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
-                _collect(candidates, start + offset, tile, out, score_threshold, mask_threshold)
+                _collect(
+                    candidates, start + offset, tile, out, score_threshold, mask_threshold,
+                    keep_prob,
+                )  # fmt: skip
                 core = (
                     slice(tile.cy0 - tile.y0, tile.cy1 - tile.y0),
                     slice(tile.cx0 - tile.x0, tile.cx1 - tile.x0),
@@ -322,20 +336,24 @@ def _collect(
     out: dict[str, torch.Tensor],
     score_threshold: float,
     mask_threshold: float,
+    keep_prob: bool,
 ) -> None:
     """Append the tile's detections above the thresholds, as crops in image coordinates: the
-    thresholded mask and the uint8 mask probability, on the box where the probability is not 0
-    (the pasted RoI), which ``core.divide`` reads to share out touching worms' pixels.
+    thresholded mask and, with ``keep_prob``, the uint8 mask probability, on the box where the
+    probability is not 0 (the pasted RoI), which ``core.divide`` reads to share out touching
+    worms' pixels.
 
     All masks are thresholded on the model's device and copied to the host in one transfer each
     (a copy per detection costs a GPU sync each).
     """
     keep = out["scores"] >= score_threshold
     scores = out["scores"][keep].float().cpu().numpy()
-    prob = out["masks"][keep][:, 0]
+    prob = out["masks"][keep][:, 0].float()
     masks = (prob > mask_threshold).cpu().numpy()  # (N, H, W) bool
-    prob8 = (prob.float() * 255.0).round_().to(torch.uint8).cpu().numpy()
-    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(prob8 > 0)):
+    # the RoI's reach: where the uint8 probability is not 0 (x * 255 rounds to 0 up to 0.5)
+    reach = (prob * 255.0 > 0.5).cpu().numpy()
+    prob8 = (prob * 255.0).round_().to(torch.uint8).cpu().numpy() if keep_prob else None
+    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(reach)):
         if not masks[k, y0:y1, x0:x1].any():
             continue  # a box whose mask is empty at this threshold is no worm
         candidates.append(
@@ -345,7 +363,7 @@ def _collect(
                 tile.x0 + int(x0),
                 masks[k, y0:y1, x0:x1].copy(),
                 float(scores[k]),
-                prob8[k, y0:y1, x0:x1].copy(),
+                None if prob8 is None else prob8[k, y0:y1, x0:x1].copy(),
             )
         )
 
@@ -374,6 +392,7 @@ def segment_batch(
     through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
     """
     mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
+    keep_prob = _divides(model, divide_touching, True)
     device = _device_of(model)
     greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]
     for i, grey in enumerate(greys):
@@ -400,12 +419,12 @@ def segment_batch(
         height, width = grey.shape
         tiles = tile_grid(height, width, max(height, width), 0)
         candidates: list[Candidate] = []
-        _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold)
+        _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
         masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
         phi = out["displacement"].float().cpu().numpy()
         fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
         found = Instances(masks, scores, phi, fg)
-        soft = soft if divide_touching else None
+        soft = soft if keep_prob else None
         results.append(_refine(found, soft, grey, model.config.input_mode, max_overlap, True))
     return results
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from napari_semiconv.core.divide import blob_owners, divide_shared_blobs
+from napari_semiconv.core.divide import Blobs, blob_owners, divide_shared_blobs, label_blobs
 from napari_semiconv.core.tiling import SoftMask
 
 __all__ = [
@@ -120,10 +119,11 @@ def refine_instances(
         masks = masks[keep]
     scores = scores[keep]
     if foreground is not None:
-        masks = fill_lone_worms(masks, foreground, min_cover, inplace=inplace)
+        blobs = label_blobs(foreground)  # both steps read the same blobs
+        masks = fill_lone_worms(masks, foreground, min_cover, inplace=inplace, blobs=blobs)
         if soft is not None:
             kept_soft = [soft[int(k)] for k in keep]
-            masks = divide_shared_blobs(masks, foreground, kept_soft, inplace=inplace)
+            masks = divide_shared_blobs(masks, foreground, kept_soft, inplace, blobs)
             alive = masks.any(axis=(1, 2))
             if not alive.all():  # a worm whose every pixel went to its neighbours is no worm
                 masks, scores = masks[alive], scores[alive]
@@ -131,7 +131,11 @@ def refine_instances(
 
 
 def fill_lone_worms(
-    masks: np.ndarray, foreground: np.ndarray, min_cover: float, inplace: bool = False
+    masks: np.ndarray,
+    foreground: np.ndarray,
+    min_cover: float,
+    inplace: bool = False,
+    blobs: Blobs | None = None,
 ) -> np.ndarray:
     """Give a worm that is alone in its foreground component the whole component.
 
@@ -145,6 +149,7 @@ def fill_lone_worms(
         foreground: (H, W) bool.
         min_cover: in (0, 1]; above 1 nothing is filled.
         inplace: write into ``masks`` instead of a copy.
+        blobs: ``core.divide.label_blobs(foreground)``, when the caller has it already.
     Returns:
         (N, H, W) bool: a new array, or ``masks`` itself when ``inplace``.
     """
@@ -157,15 +162,15 @@ def fill_lone_worms(
     out = masks if inplace else masks.copy()
     if masks.shape[0] == 0 or min_cover > 1.0:
         return out
-    components, n = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
+    blobs = label_blobs(foreground) if blobs is None else blobs
+    components, n = blobs.labels, blobs.count
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     owner, inside = blob_owners(masks, components, n)  # owner 0: no foreground pixel
     residents = np.bincount(owner[owner > 0], minlength=n + 1)
-    boxes = ndimage.find_objects(components)  # compare within each blob's box, not the image
     for k in range(masks.shape[0]):
         c = owner[k]
         if c > 0 and residents[c] == 1 and inside[k] >= min_cover * sizes[c]:
-            box = boxes[c - 1]
+            box = blobs.boxes[c - 1]  # compare within each blob's box, not the image
             out[k] = False
             out[k][box] = components[box] == c
     return out

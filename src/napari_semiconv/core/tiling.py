@@ -29,6 +29,7 @@ __all__ = [
     "Candidate",
     "SoftMask",
     "Tile",
+    "crop_on_window",
     "merge_candidates",
     "merge_candidates_soft",
     "tile_grid",
@@ -147,14 +148,18 @@ def _shared_window(a: Tile, b: Tile) -> tuple[int, int, int, int] | None:
     return y0, y1, x0, x1
 
 
-def _crop(c: Candidate, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """``c``'s mask on the window [y0:y1, x0:x1] (zeros where the crop does not reach)."""
-    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    sy0, sy1 = max(y0, c.y0), min(y1, c.y1)
-    sx0, sx1 = max(x0, c.x0), min(x1, c.x1)
+def crop_on_window(
+    values: np.ndarray, top: int, left: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
+    """A crop ``values`` lying at (top, left) of the image, seen on the image window
+    [rows[0]:rows[1], cols[0]:cols[1]]: zeros (of its dtype) where the crop does not reach."""
+    (y0, y1), (x0, x1) = rows, cols
+    out = np.zeros((y1 - y0, x1 - x0), dtype=values.dtype)
+    sy0, sy1 = max(y0, top), min(y1, top + values.shape[0])
+    sx0, sx1 = max(x0, left), min(x1, left + values.shape[1])
     if sy0 < sy1 and sx0 < sx1:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = c.mask[
-            sy0 - c.y0 : sy1 - c.y0, sx0 - c.x0 : sx1 - c.x0
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = values[
+            sy0 - top : sy1 - top, sx0 - left : sx1 - left
         ]
     return out
 
@@ -163,7 +168,9 @@ def _same_worm(a: Candidate, b: Candidate, tiles: list[Tile]) -> bool:
     window = _shared_window(tiles[a.tile], tiles[b.tile])
     if window is None:
         return False
-    ma, mb = _crop(a, *window), _crop(b, *window)
+    y0, y1, x0, x1 = window
+    ma = crop_on_window(a.mask, a.y0, a.x0, (y0, y1), (x0, x1))
+    mb = crop_on_window(b.mask, b.y0, b.x0, (y0, y1), (x0, x1))
     union = np.count_nonzero(ma | mb)
     return union > 0 and np.count_nonzero(ma & mb) / union > MERGE_IOU
 
