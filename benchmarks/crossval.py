@@ -6,6 +6,11 @@ card. The fold split comes from
 ``napari_semiconv.core.data.dataset.kfold_wells`` with the same seed the trainer uses, so the
 held-out wells are never seen in training. Writes ``crossval.json`` and ``crossval.md`` to --out.
 
+``brightfield-cascade`` (worms-brightfield's recipe) runs after the detectors: for each of its
+folds, ``train-foreground`` on that fold's training wells (read from the binary-semiconv fold
+model's card) puts a U-Net in front of that model, and ``evaluate`` scores the cascade on the
+fold's held-out wells with segment's defaults.
+
 Example (what produced docs/benchmarks.md, on one H100):
     python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
         --recipes binary-semiconv,binary-plain,brightfield-semiconv --time-budget 330
@@ -29,6 +34,9 @@ RECIPES = {
     "brightfield-semiconv": ("brightfield", True),
     "brightfield-plain": ("brightfield", False),
 }
+#: worms-brightfield's recipe: per fold, a foreground U-Net trained on that fold's training wells
+#: in front of that fold's binary-semiconv detector (so binary-semiconv must run on the same folds)
+CASCADE = "brightfield-cascade"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "avS", "S50", "S60", "S70", "S80", "S90")
 
 
@@ -55,19 +63,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=float, default=0.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--extra", default="", help="extra arguments passed to every train call")
+    p.add_argument(
+        "--foreground-steps", type=int, default=4000, help=f"U-Net steps per {CASCADE} fold"
+    )
     args = p.parse_args(argv)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipes = [r for r in args.recipes.split(",") if r]
     for spec in recipes:
-        if spec.split(":")[0] not in RECIPES:
-            p.error(f"unknown recipe {spec!r}; choose from {sorted(RECIPES)}")
+        if spec.split(":")[0] not in (*RECIPES, CASCADE):
+            p.error(f"unknown recipe {spec!r}; choose from {sorted((*RECIPES, CASCADE))}")
+    cascade_folds = [f for s in recipes if s.split(":")[0] == CASCADE
+                     for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
+    binary_folds = [f for s in recipes if s.split(":")[0] == "binary-semiconv"
+                    for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
+    if set(cascade_folds) - set(binary_folds):
+        p.error(f"{CASCADE} needs binary-semiconv on the same folds ({sorted(cascade_folds)})")
 
     t0 = time.time()
     procs = []
     for spec in recipes:
         r, folds = _recipe_folds(spec, args.folds)
+        if r == CASCADE:
+            continue  # needs the detectors: trained below
         mode, semiconv = RECIPES[r]
         for fold in folds:
             # the trainer names fold i of --out X.pt as X.fold<i>.pt
@@ -111,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault(r, []).append(res)
         print(f"[crossval] {r} fold {fold}: {json.dumps(res)}", flush=True)
 
+    for fold in cascade_folds:
+        res = _cascade_fold(args, out, fold)
+        if res is not None:
+            results.setdefault(CASCADE, []).append(res)
+            print(f"[crossval] {CASCADE} fold {fold}: {json.dumps(res)}", flush=True)
+
     summary = {}
     for r, rows in results.items():
         if not rows:
@@ -144,6 +169,41 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(json.dumps({"summary": summary, "train_wall_s": train_s}))
     return 0
+
+
+def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None:
+    """Train fold ``fold``'s foreground U-Net in front of its binary-semiconv detector and
+    score the cascade on the fold's held-out wells; None (and a message) when a step fails."""
+    from napari_semiconv.core.checkpoint import CheckpointError, load_checkpoint
+
+    detector = out / f"binary-semiconv.fold{fold}.pt"
+    try:
+        data = load_checkpoint(detector).card["data"]
+    except CheckpointError as exc:
+        print(f"[crossval] {CASCADE} fold {fold}: no detector: {exc}", flush=True)
+        return None
+    train, held = ",".join(data["train_names"]), ",".join(data["val_names"])
+    cascade = out / f"{CASCADE}.fold{fold}.pt"
+    log = out / f"{CASCADE}.fold{fold}.train.log"
+    cmd = _cli(
+        "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
+        "--detector", str(detector), "--steps", str(args.foreground_steps),
+        "--device", args.device, "--out", str(cascade),
+    )  # fmt: skip
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
+        return None
+    cmd = _cli("evaluate", "--model", str(cascade), "--data", args.data, "--wells", held,
+               "--device", args.device, "--json")  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"[crossval] {CASCADE} fold {fold}: evaluate exit {done.returncode}: {done.stderr}")
+        return None
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    res.update(fold=fold, steps=args.foreground_steps, val_wells=data["val_names"])
+    return res
 
 
 def _recipe_folds(spec: str, k: int) -> tuple[str, list[int]]:

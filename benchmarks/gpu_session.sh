@@ -16,7 +16,7 @@ cp runs/speed_gpu.json runs/paste_gpu.txt "$out/" 2>/dev/null
 if [ "${BUDGET:-330}" = "0" ]; then ls -la "$out"; exit 0; fi
 # 2. cross-validation, the bundled models cut from fold 0
 python3 benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
-  --recipes "${RECIPES:-binary-semiconv,binary-plain,brightfield-semiconv}" \
+  --recipes "${RECIPES:-binary-semiconv,binary-plain,brightfield-cascade}" \
   --time-budget "${BUDGET:-330}" --device "${DEVICE:-cuda}" --batch-size "${BATCH:-4}" \
   --crop "${CROP:-0}" --lr "${LR:-0.01}" --extra "${EXTRA:-}" 2>&1 | tee runs/crossval.log
 for r in binary brightfield; do
