@@ -217,12 +217,13 @@ def test_train_foreground_continues_a_cascades_unet(trained, dataset, tmp_path, 
     start = foreground_of(load_checkpoint(first))
     again = tmp_path / "again.pt"
     # the U-Net keeps the cascade's architecture (not the default --width 8) and its weights
-    assert main([*args, "--out", str(again), "--steps", "1", "--lr", "0",
+    assert main([*args, "--out", str(again), "--steps", "1", "--lr", "0", "--jitter", "0.5",
                  "--foreground-from", str(first)]) == 0  # fmt: skip
     capsys.readouterr()
     ckpt = load_checkpoint(again)
     assert ckpt.config.foreground_width == 4 and ckpt.config.foreground_depth == 2
     assert ckpt.card["foreground_training"]["start"] == f"the U-Net of {first}"
+    assert "intensity jitter 0.5" in ckpt.card["foreground_training"]["recipe"]
     continued = dict(foreground_of(ckpt).named_parameters())
     for name, value in start.named_parameters():  # lr 0: one step changes no weight
         assert torch.equal(continued[name], value), name

@@ -248,6 +248,25 @@ def test_augment_brightfield_keeps_worms_dark_and_values_in_range():
         assert 0.8 < out.image.shape[0] / 48 < 1.25 or 0.8 < out.image.shape[0] / 64 < 1.25
 
 
+def test_augment_jitter_strength_scales_the_intensity_changes():
+    toy = _toy(binary=False)
+    for seed in range(6):
+        full = augment(toy, np.random.default_rng(seed), scale=(1, 1))
+        # strength 1 is the default, draw for draw
+        np.testing.assert_array_equal(
+            augment(toy, np.random.default_rng(seed), scale=(1, 1), jitter=1.0).image, full.image
+        )
+        # strength 0: the same flips and turns, the grey levels untouched
+        none = augment(toy, np.random.default_rng(seed), scale=(1, 1), jitter=0.0)
+        np.testing.assert_array_equal(none.masks, full.masks)
+        assert sorted(np.unique(none.image)) == sorted(np.unique(toy.image))
+        half = augment(toy, np.random.default_rng(seed), scale=(1, 1), jitter=0.5)
+        assert np.abs(half.image - none.image).mean() < np.abs(full.image - none.image).mean()
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="jitter"):
+            augment(toy, np.random.default_rng(0), jitter=bad)
+
+
 def test_augment_drops_worms_outside_the_crop():
     toy = _toy()
     toy.masks[2] = False

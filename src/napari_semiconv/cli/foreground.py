@@ -32,6 +32,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam, cosine decay to 0")
     p.add_argument(
+        "--jitter",
+        type=float,
+        default=1.0,
+        help="strength of the intensity jitter (gamma, gain, offset, noise), 0 to 1 (default 1)",
+    )
+    p.add_argument(
         "--foreground-from",
         help="cascade (name or path, e.g. worms-brightfield) whose U-Net to train further, "
         "instead of a new one; its architecture replaces --width/--depth/--max-width",
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     last = None
     for last in train_foreground_steps(
         net, train, steps=steps, time_budget=args.time_budget, batch_size=args.batch_size,
-        crop=args.crop, lr=args.lr, seed=args.seed, device=device, amp=amp,
+        crop=args.crop, lr=args.lr, seed=args.seed, device=device, amp=amp, jitter=args.jitter,
     ):  # fmt: skip
         if last.step % 50 == 0 or last.step == 1:
             print(
@@ -123,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             "architecture": config.to_dict(),
             "start": f"the U-Net of {args.foreground_from}" if args.foreground_from else "new",
             "recipe": f"Adam lr {args.lr} cosine, batch {args.batch_size} crops of {args.crop} px,"
-            f" core.data.augment (flips/turns, intensity jitter), BCE + soft Dice, bf16 {amp}",
+            f" core.data.augment (flips/turns, intensity jitter {args.jitter}), BCE + soft Dice,"
+            f" bf16 {amp}",
             "command": "napari-semiconv " + shlex.join(getattr(args, "argv", sys.argv[1:])),
         },
     )

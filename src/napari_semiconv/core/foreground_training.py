@@ -79,17 +79,19 @@ def random_batch(
     rng: np.random.Generator,
     batch_size: int,
     crop: int,
+    jitter: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 1, crop, crop) augmented images and their (B, 1, crop, crop) float targets.
 
     The detector's own augmentation (``core.data.augment``: crop, flips, quarter turns and the
-    bright-field intensity jitter), at native scale, with the foreground as the one mask.
+    bright-field intensity jitter at strength ``jitter``), at native scale, with the foreground
+    as the one mask.
     """
     xs, ys = [], []
     for _ in range(batch_size):
         index = int(rng.integers(len(images)))
         sample = _padded(images[index], targets[index], crop)
-        out = augment(sample, rng, crop, input_mode="brightfield", scale=(1.0, 1.0))
+        out = augment(sample, rng, crop, input_mode="brightfield", scale=(1.0, 1.0), jitter=jitter)
         xs.append(out.image)
         ys.append(out.masks.any(axis=0) if len(out.masks) else np.zeros((crop, crop), bool))
     x = torch.from_numpy(np.stack(xs).astype(np.float32))[:, None]
@@ -108,12 +110,14 @@ def train_foreground_steps(
     seed: int = 0,
     device: str | torch.device = "cpu",
     amp: bool = False,
+    jitter: float = 1.0,
 ) -> Generator[ForegroundProgress, None, ForegroundNet]:
     """Train ``net`` in place on bright-field ``samples``; yields a progress record per step.
 
     Adam with a cosine decay of ``lr`` to zero over ``steps``, or over ``time_budget`` seconds
     when given (the schedule then follows the elapsed fraction of the budget). ``amp``: forward
-    under bf16 autocast (×2.2 per step on an AVX512-BF16 CPU; the loss in float32). Stop early by no
+    under bf16 autocast (×2.2 per step on an AVX512-BF16 CPU; the loss in float32). ``jitter``:
+    strength of the intensity jitter (``core.data.augment``), in [0, 1]. Stop early by no
     longer iterating; the net keeps what it has learned so far. Returns ``net`` in eval mode.
 
     Raises:
@@ -125,6 +129,8 @@ def train_foreground_steps(
         raise ValueError("give a number of steps or a time budget")
     if steps is not None and int(steps) < 1 or time_budget is not None and time_budget <= 0:
         raise ValueError(f"steps and time_budget must be positive, got {steps}, {time_budget}")
+    if not 0.0 <= float(jitter) <= 1.0:
+        raise ValueError(f"jitter must be in [0, 1], got {jitter}")
     if int(batch_size) < 1 or int(crop) < 16:
         raise ValueError(f"batch_size must be >= 1 and crop >= 16, got {batch_size}, {crop}")
     images = [np.asarray(s.image, np.float32) for s in samples]
@@ -145,7 +151,7 @@ def train_foreground_steps(
             break
         for group in optimiser.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + np.cos(np.pi * done))
-        x, y = random_batch(images, targets, rng, int(batch_size), int(crop))
+        x, y = random_batch(images, targets, rng, int(batch_size), int(crop), float(jitter))
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
             logits = net(x.to(device))
         loss = foreground_loss(logits.float(), y.to(device))

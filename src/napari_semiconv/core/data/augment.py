@@ -79,6 +79,7 @@ def augment(
     input_mode: str | None = None,
     scale: tuple[float, float] = (0.85, 1.18),
     turns: bool = True,
+    jitter: float = 1.0,
 ) -> Sample:
     """A randomly transformed copy of ``sample`` (the input is not changed).
 
@@ -93,11 +94,18 @@ def augment(
         scale: range of the zoom factor, drawn log-uniformly (worm size changes a little between
             microscopes; BBBC010 itself is at one magnification).
         turns: allow the 90° turns (flips are always on).
+        jitter: strength of the bright-field intensity jitter, in [0, 1]: 1 draws gamma from
+            0.7-1.4, gain 0.85-1.15, offset ±0.08 and noise up to 0.03; smaller values shrink
+            every range towards none (0). A gamma moves where a blurred worm edge crosses a
+            given grey level, so a net that must place edges to the pixel (the foreground
+            U-Net) may want less of it than the detector.
 
     Returns:
         a new Sample; worms that the crop removes entirely are dropped.
     """
     binary = is_binary_image(sample.image) if input_mode is None else input_mode == "binary"
+    if not 0.0 <= float(jitter) <= 1.0:
+        raise ValueError(f"jitter must be in [0, 1], got {jitter}")
     height, width = sample.image.shape
     lo, hi = scale
     if not 0 < lo <= hi:
@@ -129,9 +137,15 @@ def augment(
 
     image = np.array(image, dtype=np.float32)  # contiguous copy
     if not binary:
-        gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-        image = np.clip(image, 0, 1) ** gamma * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+        # the same draws at every strength, shrunk towards none below 1 (at 1 the arithmetic
+        # is the original's, so earlier runs repeat exactly)
+        log_gamma = rng.uniform(np.log(0.7), np.log(1.4))
+        gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.08, 0.08)
         noise = rng.uniform(0.0, 0.03)
+        if jitter != 1.0:
+            log_gamma, gain = jitter * log_gamma, 1.0 + jitter * (gain - 1.0)
+            offset, noise = jitter * offset, jitter * noise
+        image = np.clip(image, 0, 1) ** float(np.exp(log_gamma)) * gain + offset
         if noise > 0:
             image += rng.normal(0.0, noise, image.shape).astype(np.float32)
         image = np.clip(image, 0.0, 1.0).astype(np.float32)
