@@ -142,9 +142,12 @@ def _divide_blob(
     choice = np.where(contested[None] & ~claims, -1, prob).argmax(axis=0)
     nobody = todo & ~contested & (prob.max(axis=0) == 0)
     if nobody.any():
-        # beyond every RoI: the nearest worm of the blob (distance to its pixels in the blob)
-        distance = np.stack([ndimage.distance_transform_edt(~(m & blob)) for m in claims])
-        choice[nobody] = distance[:, nobody].argmin(axis=0)
+        # beyond every RoI: the worm of the nearest claimed pixel of the blob (one distance
+        # transform for all worms; 25 worms in one blob took 25 before, 76 of 118 ms)
+        owned = claims & blob
+        first = np.where(owned.any(axis=0), owned.argmax(axis=0), -1)
+        _, (near_y, near_x) = ndimage.distance_transform_edt(first < 0, return_indices=True)
+        choice[nobody] = first[near_y[nobody], near_x[nobody]]
     claims[:, todo] = False
     rows, cols = np.nonzero(todo)
     claims[choice[rows, cols], rows, cols] = True
