@@ -8,8 +8,9 @@ held-out wells are never seen in training. Writes ``crossval.json`` and ``crossv
 
 ``brightfield-cascade`` (worms-brightfield's recipe) runs after the detectors: for each of its
 folds, ``train-foreground`` on that fold's training wells (read from the binary-semiconv fold
-model's card) puts a U-Net in front of that model, and ``evaluate`` scores the cascade on the
-fold's held-out wells with segment's defaults.
+model's card) puts a U-Net in front of that model (``--foreground-steps``, then
+``--foreground-stage2`` more at jitter 0.3, as the bundled file), and ``evaluate`` scores the
+cascade on the fold's held-out wells with segment's defaults.
 
 Example (what produced docs/benchmarks.md, on one H100):
     python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", default="", help="extra arguments passed to every train call")
     p.add_argument(
         "--foreground-steps", type=int, default=4000, help=f"U-Net steps per {CASCADE} fold"
+    )
+    p.add_argument(
+        "--foreground-stage2",
+        type=int,
+        default=4000,
+        help="then this many steps more at jitter 0.3, lr 1e-3 (the bundled recipe; 0: none)",
     )
     args = p.parse_args(argv)
 
@@ -192,6 +199,16 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
     )  # fmt: skip
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc == 0 and args.foreground_stage2:
+            # the bundled file's second stage: the same U-Net further, weaker jitter, lower lr
+            first, cascade = cascade, out / f"{CASCADE}.fold{fold}.stage2.pt"
+            cmd = _cli(
+                "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
+                "--detector", str(detector), "--foreground-from", str(first),
+                "--steps", str(args.foreground_stage2), "--lr", "1e-3", "--jitter", "0.3",
+                "--device", args.device, "--out", str(cascade),
+            )  # fmt: skip
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
         return None
@@ -202,7 +219,8 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
         print(f"[crossval] {CASCADE} fold {fold}: evaluate exit {done.returncode}: {done.stderr}")
         return None
     res = json.loads(done.stdout.strip().splitlines()[-1])
-    res.update(fold=fold, steps=args.foreground_steps, val_wells=data["val_names"])
+    steps = args.foreground_steps + args.foreground_stage2
+    res.update(fold=fold, steps=steps, val_wells=data["val_names"])
     return res
 
 
