@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_semiconv.core.detections import collect_candidates
 from napari_semiconv.core.measurements import labels_from_instances
 from napari_semiconv.core.model.foreground import FOREGROUND_THRESHOLD
 from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
@@ -26,7 +27,6 @@ from napari_semiconv.core.model_store import list_models, load_model, model_sour
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import (
     DEFAULT_SCORE_THRESHOLD,
-    mask_boxes,
     postprocess_defaults,
     refine_instances,
 )
@@ -308,7 +308,7 @@ def _segment_tiles(
             ):
                 outputs = model(inputs)
             for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
-                _collect(
+                collect_candidates(
                     candidates, start + offset, tile, out, score_threshold, mask_threshold,
                     keep_prob,
                 )  # fmt: skip
@@ -327,45 +327,6 @@ def _segment_tiles(
         model.train(was_training)
     masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
     return Instances(masks, scores, displacement, foreground), soft
-
-
-def _collect(
-    candidates: list[Candidate],
-    index: int,
-    tile: Any,
-    out: dict[str, torch.Tensor],
-    score_threshold: float,
-    mask_threshold: float,
-    keep_prob: bool,
-) -> None:
-    """Append the tile's detections above the thresholds, as crops in image coordinates: the
-    thresholded mask and, with ``keep_prob``, the uint8 mask probability, on the box where the
-    probability is not 0 (the pasted RoI), which ``core.divide`` reads to share out touching
-    worms' pixels.
-
-    All masks are thresholded on the model's device and copied to the host in one transfer each
-    (a copy per detection costs a GPU sync each).
-    """
-    keep = out["scores"] >= score_threshold
-    scores = out["scores"][keep].float().cpu().numpy()
-    prob = out["masks"][keep][:, 0].float()
-    masks = (prob > mask_threshold).cpu().numpy()  # (N, H, W) bool
-    # the RoI's reach: where the uint8 probability is not 0 (x * 255 rounds to 0 up to 0.5)
-    reach = (prob * 255.0 > 0.5).cpu().numpy()
-    prob8 = (prob * 255.0).round_().to(torch.uint8).cpu().numpy() if keep_prob else None
-    for k, (y0, y1, x0, x1) in enumerate(mask_boxes(reach)):
-        if not masks[k, y0:y1, x0:x1].any():
-            continue  # a box whose mask is empty at this threshold is no worm
-        candidates.append(
-            Candidate(
-                index,
-                tile.y0 + int(y0),
-                tile.x0 + int(x0),
-                masks[k, y0:y1, x0:x1].copy(),
-                float(scores[k]),
-                None if prob8 is None else prob8[k, y0:y1, x0:x1].copy(),
-            )
-        )
 
 
 def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instances:
@@ -419,7 +380,7 @@ def segment_batch(
         height, width = grey.shape
         tiles = tile_grid(height, width, max(height, width), 0)
         candidates: list[Candidate] = []
-        _collect(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
+        collect_candidates(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
         masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
         phi = out["displacement"].float().cpu().numpy()
         fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
