@@ -9,8 +9,8 @@ held-out wells are never seen in training. Writes ``crossval.json`` and ``crossv
 ``brightfield-cascade`` (worms-brightfield's recipe) runs after the detectors: for each of its
 folds, ``train-foreground`` on that fold's training wells (read from the binary-semiconv fold
 model's card) puts a U-Net in front of that model (``--foreground-steps``, then
-``--foreground-stage2`` more at jitter 0.3, as the bundled file), and ``evaluate`` scores the
-cascade on the fold's held-out wells with segment's defaults.
+``--foreground-stage2`` and ``--foreground-stage3`` more at jitter 0.3, as the bundled file), and
+``evaluate`` scores the cascade on the fold's held-out wells with segment's defaults.
 
 Example (what produced docs/benchmarks.md, on one H100):
     python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4000,
         help="then this many steps more at jitter 0.3, lr 1e-3 (the bundled recipe; 0: none)",
+    )
+    p.add_argument(
+        "--foreground-stage3",
+        type=int,
+        default=3650,
+        help="then this many more at jitter 0.3, lr 5e-4 (the bundled recipe; 0: none)",
     )
     args = p.parse_args(argv)
 
@@ -209,6 +215,15 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
                 "--device", args.device, "--out", str(cascade),
             )  # fmt: skip
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc == 0 and args.foreground_stage3:
+            first, cascade = cascade, out / f"{CASCADE}.fold{fold}.stage3.pt"
+            cmd = _cli(
+                "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
+                "--detector", str(detector), "--foreground-from", str(first),
+                "--steps", str(args.foreground_stage3), "--lr", "5e-4", "--jitter", "0.3",
+                "--device", args.device, "--out", str(cascade),
+            )  # fmt: skip
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
         return None
@@ -219,7 +234,7 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
         print(f"[crossval] {CASCADE} fold {fold}: evaluate exit {done.returncode}: {done.stderr}")
         return None
     res = json.loads(done.stdout.strip().splitlines()[-1])
-    steps = args.foreground_steps + args.foreground_stage2
+    steps = args.foreground_steps + args.foreground_stage2 + args.foreground_stage3
     res.update(fold=fold, steps=steps, val_wells=data["val_names"])
     return res
 
