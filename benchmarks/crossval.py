@@ -196,35 +196,25 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
         print(f"[crossval] {CASCADE} fold {fold}: no detector: {exc}", flush=True)
         return None
     train, held = ",".join(data["train_names"]), ",".join(data["val_names"])
-    cascade = out / f"{CASCADE}.fold{fold}.pt"
     log = out / f"{CASCADE}.fold{fold}.train.log"
-    cmd = _cli(
-        "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
-        "--detector", str(detector), "--steps", str(args.foreground_steps),
-        "--device", args.device, "--out", str(cascade),
-    )  # fmt: skip
+    # the bundled file's stages: a new U-Net, then the same further at weaker jitter, lower lr
+    stages = [(args.foreground_steps, "2e-3", "1", ""),
+              (args.foreground_stage2, "1e-3", "0.3", ".stage2"),
+              (args.foreground_stage3, "5e-4", "0.3", ".stage3")]  # fmt: skip
+    cascade, rc = None, 0
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc == 0 and args.foreground_stage2:
-            # the bundled file's second stage: the same U-Net further, weaker jitter, lower lr
-            first, cascade = cascade, out / f"{CASCADE}.fold{fold}.stage2.pt"
+        for steps, lr, jitter, suffix in stages:
+            if rc != 0 or not steps:
+                continue
+            start = ["--foreground-from", str(cascade)] if cascade else []
+            cascade = out / f"{CASCADE}.fold{fold}{suffix}.pt"
             cmd = _cli(
                 "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
-                "--detector", str(detector), "--foreground-from", str(first),
-                "--steps", str(args.foreground_stage2), "--lr", "1e-3", "--jitter", "0.3",
-                "--device", args.device, "--out", str(cascade),
+                "--detector", str(detector), *start, "--steps", str(steps), "--lr", lr,
+                "--jitter", jitter, "--device", args.device, "--out", str(cascade),
             )  # fmt: skip
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc == 0 and args.foreground_stage3:
-            first, cascade = cascade, out / f"{CASCADE}.fold{fold}.stage3.pt"
-            cmd = _cli(
-                "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
-                "--detector", str(detector), "--foreground-from", str(first),
-                "--steps", str(args.foreground_stage3), "--lr", "5e-4", "--jitter", "0.3",
-                "--device", args.device, "--out", str(cascade),
-            )  # fmt: skip
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
+    if rc != 0 or cascade is None:
         print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
         return None
     cmd = _cli("evaluate", "--model", str(cascade), "--data", args.data, "--wells", held,
