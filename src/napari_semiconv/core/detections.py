@@ -38,9 +38,10 @@ def collect_candidates(
     scores = out["scores"][keep].float().cpu().numpy()
     prob = out["masks"][keep][:, 0].float()
     masks = (prob > mask_threshold).cpu().numpy()  # (N, H, W) bool
-    # the RoI's reach: where the uint8 probability is not 0 (x * 255 rounds to 0 up to 0.5)
-    reach = (prob * 255.0 > 0.5).cpu().numpy()
+    # the RoI's reach: where the uint8 probability is not 0 (x * 255 rounds to 0 up to 0.5);
+    # with the probabilities on the host already, read it from them (no second device pass)
     prob8 = (prob * 255.0).round_().to(torch.uint8).cpu().numpy() if keep_prob else None
+    reach = prob8 > 0 if prob8 is not None else (prob * 255.0 > 0.5).cpu().numpy()
     for k, (y0, y1, x0, x1) in enumerate(mask_boxes(reach)):
         if not masks[k, y0:y1, x0:x1].any():
             continue  # a box whose mask is empty at this threshold is no worm

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_semiconv.core.checkpoint import Checkpoint
+from napari_semiconv.core.checkpoint import Checkpoint, model_from_checkpoint
 from napari_semiconv.core.data.augment import augment
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.model.builder import SemiConvMaskRCNN, build_model
 from napari_semiconv.core.model.foreground import (
     FOREGROUND_THRESHOLD,
-    ForegroundConfig,
     ForegroundNet,
-    build_foreground_net,
     foreground_loss,
 )
 
@@ -228,20 +226,13 @@ def foreground_of(cascade: Checkpoint) -> ForegroundNet:
     Raises:
         ValueError: the checkpoint has no foreground U-Net (it is not a cascade).
     """
-    config = cascade.config
-    if not config.foreground_width:
+    if not cascade.config.foreground_width:
         raise ValueError(
             "this model has no foreground U-Net to start from (it is not a bright-field cascade "
             "such as worms-brightfield)"
         )
-    net = build_foreground_net(
-        ForegroundConfig(
-            config.foreground_width, config.foreground_depth, config.foreground_max_width
-        )
-    )
-    prefix = "foreground."
-    state = {k[len(prefix) :]: v for k, v in cascade.state_dict.items() if k.startswith(prefix)}
-    net.load_state_dict(state, strict=True)
+    net = model_from_checkpoint(cascade, device="cpu").foreground
+    assert net is not None  # foreground_width > 0 builds one
     return net
 
 
