@@ -1,11 +1,11 @@
-"""Choose the post-processing defaults (mask threshold, max overlap) on a model's training wells.
+"""Choose the post-processing defaults (score and mask thresholds, max overlap) on training wells.
 
-Segments each well once per mask threshold (detections down to score 0.05), then applies every
-max-overlap setting and the default score threshold to the same detections, and scores each
-setting (COCO mask AP and avS, `core.evaluation.evaluate`), through `core.refine.refine_instances`
-as `segment` runs it. In the binary mode the masks are clipped to the input foreground and lone
-worms filled (every ``--fill-covers`` value is tried); ``--no-clip`` shows the figures without
-the foreground.
+Runs the network once per well and mask threshold (`core.inference.detect`: detections down to
+score 0.05, with their mask probabilities), then applies every score threshold, max-overlap
+setting and (where the model sees a foreground: binary input, bright-field cascade) lone-worm
+filling and sharing out of touching worms to the same detections, through
+`core.refine.refine_instances` as `segment` runs it, and scores each setting (COCO mask AP and
+avS, `core.evaluation.evaluate`). ``--no-clip`` shows the figures without the foreground.
 Pass only wells the model was trained on: settings chosen on held-out wells would inflate the
 held-out scores. The best setting by avS is printed last; the JSON holds every row.
 
@@ -22,10 +22,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_semiconv.core.evaluation import evaluate
-from napari_semiconv.core.inference import DEFAULT_SCORE_THRESHOLD, load_model, segment
+from napari_semiconv.core.inference import (
+    DEFAULT_SCORE_THRESHOLD,
+    detect,
+    load_model,
+    worm_foreground,
+)
 from napari_semiconv.core.refine import refine_instances
 from napari_semiconv.core.training_data import read_samples
 
@@ -47,8 +53,14 @@ def main() -> None:
         default=[2.0, 0.7, 0.5, 0.3],
         help="binary mode: fill_lone_worms min_cover values (above 1: no filling)",
     )
-    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
-    p.add_argument("--no-clip", action="store_true", help="binary mode: do not clip to the input")
+    p.add_argument("--score-thresholds", type=_floats, default=[DEFAULT_SCORE_THRESHOLD])
+    p.add_argument(
+        "--divide",
+        default="on",
+        choices=["on", "off", "both"],
+        help="share out the pixels of touching worms (as segment does by default)",
+    )
+    p.add_argument("--no-clip", action="store_true", help="do not use the foreground")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json-out", help="write every row here")
     args = p.parse_args()
@@ -58,38 +70,38 @@ def main() -> None:
     mode = model.config.input_mode
     samples = read_samples(args.data, "bbbc010", mode, args.wells.split(","))
     truths = [s.masks for s in samples]
-    clip = mode == "binary" and not args.no_clip
-    covers = args.fill_covers if clip else [2.0]
+    divides = {"on": [True], "off": [False], "both": [True, False]}[args.divide]
     rows = []
     started = time.perf_counter()
     for mask_threshold in args.mask_thresholds:
-        found = [
-            segment(
-                model,
-                s.image,
-                score_threshold=0.05,
-                mask_threshold=mask_threshold,
-                preprocessed=True,
-                max_overlap=1.0,
-                use_foreground=False,
-            )
-            for s in samples
+        found = [detect(model, s.image, 0.05, mask_threshold) for s in samples]
+        foregrounds = [
+            None if args.no_clip else worm_foreground(f, s.image, mode)
+            for (f, _), s in zip(found, samples, strict=True)
         ]
-        foregrounds = [s.image > 0.5 if clip else None for s in samples]
-        for max_overlap, min_cover in itertools.product(args.max_overlaps, covers):
+        clip = any(fg is not None for fg in foregrounds)
+        covers = args.fill_covers if clip else [2.0]
+        settings = itertools.product(
+            args.score_thresholds, args.max_overlaps, covers, divides if clip else [False]
+        )
+        for score_threshold, max_overlap, min_cover, divide in settings:
             preds = []
-            for f, fg in zip(found, foregrounds, strict=True):
-                keep = f.scores >= args.score_threshold
+            for (f, soft), fg in zip(found, foregrounds, strict=True):
+                keep = np.flatnonzero(f.scores >= score_threshold)
+                kept_soft = [soft[i] for i in keep] if divide else None
                 preds.append(
-                    refine_instances(f.masks[keep], f.scores[keep], fg, max_overlap, min_cover)
+                    refine_instances(
+                        f.masks[keep], f.scores[keep], fg, max_overlap, min_cover, soft=kept_soft
+                    )
                 )
             summary = evaluate(preds, truths, per_image_ap=False).summary
             row = {
                 "mask_threshold": mask_threshold,
                 "max_overlap": max_overlap,
                 "fill_min_cover": min_cover if clip else None,
-                "score_threshold": args.score_threshold,
+                "score_threshold": score_threshold,
                 "use_foreground": clip,
+                "divide": divide,
                 **{k: summary[k] for k in ("AP", "AP50", "AP75", "avS")},
                 "n_pred": int(sum(len(q[1]) for q in preds)),
                 "n_true": int(sum(len(t) for t in truths)),

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from napari_semiconv.core.divide import divide_shared_blobs, soft_on_window
-from napari_semiconv.core.inference import load_model, segment
-from napari_semiconv.core.refine import refine_instances
+from napari_semiconv.core.inference import (
+    DEFAULT_SCORE_THRESHOLD,
+    detect,
+    load_model,
+    segment,
+    worm_foreground,
+)
+from napari_semiconv.core.preprocess import normalise
+from napari_semiconv.core.refine import postprocess_defaults, refine_instances
 from napari_semiconv.core.synthetic.worms import synthetic_worms
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 
@@ -153,3 +160,29 @@ def test_segment_shares_out_touching_worms_of_a_real_model():
     assert not (divided.masks & ~foreground).any()
     covered = lambda inst: np.count_nonzero(inst.masks.any(0))  # noqa: E731
     assert covered(divided) >= covered(kept)
+
+
+@pytest.mark.parametrize("name", ["worms-binary", "worms-brightfield"])
+def test_detect_then_refine_is_what_segment_gives(name):
+    # the post-processing sweep applies its settings to detect()'s output: at segment's
+    # defaults it must give segment's worms exactly, or the settings it picks mean nothing
+    model = load_model(name)
+    mode = model.config.input_mode
+    image, _ = synthetic_worms(seed=3, render="binary" if mode == "binary" else "brightfield")
+    grey = normalise(image, mode)
+    expected = segment(model, grey, preprocessed=True)
+    found, soft = detect(model, grey)  # down to score 0.05: more than segment keeps
+    assert len(found) > len(expected) > 1
+    foreground = worm_foreground(found, grey, mode)
+    assert foreground is not None and foreground.any()
+    keep = np.flatnonzero(found.scores >= DEFAULT_SCORE_THRESHOLD)
+    defaults = postprocess_defaults(model.config.detector_input_mode)
+    masks, scores = refine_instances(
+        found.masks[keep],
+        found.scores[keep],
+        foreground,
+        defaults["max_overlap"],
+        soft=[soft[i] for i in keep],
+    )
+    np.testing.assert_array_equal(masks, expected.masks)
+    np.testing.assert_array_equal(scores, expected.scores)

@@ -36,6 +36,8 @@ __all__ = [
     "Instances",
     "SegmentProgress",
     "AUTO_TILE_SIZE",
+    "detect",
+    "worm_foreground",
     "DEFAULT_SCORE_THRESHOLD",
     "list_models",
     "load_model",
@@ -260,16 +262,46 @@ def _refine(
     A binary input's foreground is its non-zero pixels; a cascade's is its U-Net's map above
     ``FOREGROUND_THRESHOLD`` (exactly the binary image its detector was given).
     """
-    foreground = None
-    if use_foreground and found.foreground is not None:
-        foreground = found.foreground > FOREGROUND_THRESHOLD
-    elif use_foreground and input_mode == "binary":
-        foreground = grey > 0.5
+    foreground = worm_foreground(found, grey, input_mode) if use_foreground else None
     # the masks were made here for this call: refine them in their own buffer
     masks, scores = refine_instances(
         found.masks, found.scores, foreground, max_overlap, inplace=True, soft=soft
     )
     return Instances(masks, scores, found.displacement, found.foreground)
+
+
+def worm_foreground(found: Instances, grey: np.ndarray, input_mode: str) -> np.ndarray | None:
+    """The foreground the detector saw (bool (H, W)), or None: a cascade's U-Net map above
+    ``FOREGROUND_THRESHOLD``, a binary input's non-zero pixels of the normalised ``grey``."""
+    if found.foreground is not None:
+        return found.foreground > FOREGROUND_THRESHOLD
+    if input_mode == "binary":
+        return grey > 0.5
+    return None
+
+
+def detect(
+    model: torch.nn.Module,
+    grey: np.ndarray,
+    score_threshold: float = 0.05,
+    mask_threshold: float | None = None,
+) -> tuple[Instances, list[SoftMask | None]]:
+    """The network's worms before the clean-up, with each worm's mask probability (uint8 on its
+    RoI box): what :func:`segment` refines. For choosing the clean-up's settings
+    (``benchmarks/postprocess_sweep.py``): one pass, then ``core.refine.refine_instances`` with
+    any score threshold at or above ``score_threshold``, overlap limit and sharing out.
+
+    ``grey``: the normalised (H, W) float32 image (``preprocessed=True`` in :func:`segment`),
+    at most ``AUTO_TILE_SIZE`` on a side (one tile).
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    if grey.ndim != 2 or max(grey.shape) > AUTO_TILE_SIZE:
+        raise ValueError(f"detect takes one normalised (H, W) tile, got {grey.shape}")
+    mask_threshold, _ = _resolve(model, mask_threshold, None)
+    side = max(32, *grey.shape)
+    return _run_to_end(
+        _segment_tiles(model, grey, side, 0, 1, score_threshold, mask_threshold, True)
+    )
 
 
 def _segment_tiles(
@@ -331,7 +363,11 @@ def _segment_tiles(
 
 def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instances:
     """Segment ``image`` in one call; the arguments are :func:`segment_steps`'s."""
-    steps = segment_steps(model, image, **kwargs)
+    return _run_to_end(segment_steps(model, image, **kwargs))
+
+
+def _run_to_end(steps: Generator[SegmentProgress, None, Any]) -> Any:
+    """Run a progress generator to its end and return its value."""
     while True:
         try:
             next(steps)
