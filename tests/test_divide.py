@@ -8,7 +8,6 @@ import pytest
 
 from napari_semiconv.core.divide import divide_shared_blobs, soft_on_window
 from napari_semiconv.core.inference import (
-    DEFAULT_SCORE_THRESHOLD,
     detect,
     load_model,
     segment,
@@ -175,8 +174,8 @@ def test_detect_then_refine_is_what_segment_gives(name):
     assert len(found) > len(expected) > 1
     foreground = worm_foreground(found, grey, mode)
     assert foreground is not None and foreground.any()
-    keep = np.flatnonzero(found.scores >= DEFAULT_SCORE_THRESHOLD)
-    defaults = postprocess_defaults(model.config.detector_input_mode)
+    defaults = postprocess_defaults(model.config.postprocess_kind)
+    keep = np.flatnonzero(found.scores >= defaults["score_threshold"])
     masks, scores = refine_instances(
         found.masks[keep],
         found.scores[keep],

@@ -26,6 +26,7 @@ from napari_semiconv.core.model.foreground import (
     foreground_loss,
     foreground_stage,
 )
+from napari_semiconv.core.refine import postprocess_defaults
 
 
 def _brightfield(seed: int, shape=(96, 96)) -> Sample:
@@ -105,6 +106,12 @@ def test_config_needs_brightfield_input_for_a_unet():
     assert cfg.detector_input_mode == "binary"
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert ModelConfig(input_mode="brightfield").detector_input_mode == "brightfield"
+    # post-processing defaults: a cascade has its own, the others follow the input mode
+    assert cfg.postprocess_kind == "cascade"
+    assert ModelConfig(input_mode="brightfield").postprocess_kind == "brightfield"
+    assert ModelConfig(input_mode="binary").postprocess_kind == "binary"
+    with pytest.raises(ValueError, match="unknown model kind 'grey'.*cascade"):
+        postprocess_defaults("grey")
 
 
 def _cascade(tmp_path):

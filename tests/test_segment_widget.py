@@ -70,27 +70,35 @@ def widget(make_napari_viewer, tiny_model):
     return w
 
 
-def test_thresholds_follow_the_models_input_mode(make_napari_viewer, tiny_model):
+def test_thresholds_follow_the_models_kind(make_napari_viewer, tiny_model):
+    from napari_semiconv.core.model_store import resolve_model_path
     from napari_semiconv.core.refine import postprocess_defaults
     from napari_semiconv.plugin.segment_widget import SegmentWidget
 
     w = SegmentWidget(make_napari_viewer())
-    binary, brightfield = postprocess_defaults("binary"), postprocess_defaults("brightfield")
-    assert binary != brightfield
+    kinds = {k: postprocess_defaults(k) for k in ("binary", "brightfield", "cascade")}
+    assert len({tuple(d.values()) for d in kinds.values()}) == 3
+
+    def shown() -> dict[str, float]:
+        return {
+            "score_threshold": w.score_spin.value(),
+            "mask_threshold": w.mask_spin.value(),
+            "max_overlap": w.overlap_spin.value(),
+        }
+
     assert w.set_model("worms-binary")
-    assert w.mask_spin.value() == pytest.approx(binary["mask_threshold"])
-    assert w.overlap_spin.value() == pytest.approx(binary["max_overlap"])
-    # the tiny bright-field model has no foreground U-Net: its detector sees bright-field
+    assert shown() == pytest.approx(kinds["binary"])
+    # the tiny bright-field model has no foreground U-Net: a plain bright-field Mask R-CNN
     assert w.set_model(str(tiny_model))
-    assert w.mask_spin.value() == pytest.approx(brightfield["mask_threshold"])
-    assert w.overlap_spin.value() == pytest.approx(brightfield["max_overlap"])
-    # worms-brightfield is a cascade: its detector sees the U-Net's binary map
+    assert shown() == pytest.approx(kinds["brightfield"])
+    # worms-brightfield is a cascade: its own defaults (chosen on its training wells)
     assert w.set_model("worms-brightfield")
-    assert w.mask_spin.value() == pytest.approx(binary["mask_threshold"])
-    assert w.overlap_spin.value() == pytest.approx(binary["max_overlap"])
-    # a user's value survives a change to another model whose detector sees the same input
-    w.mask_spin.setValue(0.65)
+    assert shown() == pytest.approx(kinds["cascade"])
+    # a user's value survives a change to another model of the same kind (the bundled binary
+    # model's file, chosen as a file)
     assert w.set_model("worms-binary")
+    w.mask_spin.setValue(0.65)
+    assert w.set_model(str(resolve_model_path("worms-binary")[0]))
     assert w.mask_spin.value() == pytest.approx(0.65)
 
 

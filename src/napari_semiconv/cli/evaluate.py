@@ -7,7 +7,6 @@ import json
 import math
 
 from napari_semiconv.cli.common import add_data_arguments, split_wells
-from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,9 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", required=True, help="model name (see `models`) or checkpoint path")
     add_data_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
-    p.add_argument("--mask-threshold", type=float, help="default: the model's input mode's")
-    p.add_argument("--max-overlap", type=float, help="default: the model's input mode's")
+    p.add_argument("--score-threshold", type=float, help="default: the model kind's")
+    p.add_argument("--mask-threshold", type=float, help="default: the model kind's")
+    p.add_argument("--max-overlap", type=float, help="default: the model kind's")
     p.add_argument(
         "--no-foreground",
         dest="use_foreground",

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_defaults
+from napari_semiconv.core.refine import postprocess_defaults
 
 #: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
-#: model's input mode's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
+#: model kind's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
 #: from before max_overlap existed is replayed as that run was made: no mask-overlap suppression
 #: and no use of a binary input's foreground; one from before divide_touching, without it.
 DEFAULTS = {
-    "score_threshold": DEFAULT_SCORE_THRESHOLD,
+    "score_threshold": None,
     "mask_threshold": None,
     "max_overlap": None,
     "use_foreground": True,
@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             settings.update(max_overlap=1.0, use_foreground=False)
         if "divide_touching" not in recorded:
             settings.update(divide_touching=False)
+        if "score_threshold" not in recorded:  # before the defaults depended on the model
+            settings.update(score_threshold=0.5)
         if args.model:  # an explicit --model replaces the recorded one
             model = load_model(args.model, device=args.device)
         else:
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record
             settings[key] = value
-    for key, value in postprocess_defaults(model.config.detector_input_mode).items():
+    for key, value in postprocess_defaults(model.config.postprocess_kind).items():
         if settings[key] is None:
             settings[key] = value
     out = Path(args.out)

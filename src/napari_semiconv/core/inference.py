@@ -113,7 +113,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def segment_steps(
     model: torch.nn.Module,
     image: np.ndarray,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float | None = None,
     mask_threshold: float | None = None,
     tile_size: int | None = None,
     overlap: int = 64,
@@ -132,9 +132,10 @@ def segment_steps(
         model: from :func:`load_model` (or ``build_model``); its card's input mode decides the
             preprocessing: ``core.preprocess.to_grey`` then ``normalise(.., config.input_mode)``.
         image: (H, W) grey, or (H, W, 3) RGB / (H, W, 4) RGBA (alpha ignored), any numeric dtype.
-        score_threshold: keep detections scoring at least this.
+        score_threshold: keep detections scoring at least this; None: the default of the
+            model's kind (``core.refine.postprocess_defaults(model.config.postprocess_kind)``).
         mask_threshold: a pixel belongs to a worm where its mask probability exceeds this;
-            None: the model's input mode's default (``core.refine.postprocess_defaults``).
+            None: the default of the model's kind.
         tile_size: side of a tile in pixels; None = tile only images larger than
             ``AUTO_TILE_SIZE`` on a side.
         overlap: overlap of neighbouring tiles in pixels (make it at least a worm's width).
@@ -142,7 +143,7 @@ def segment_steps(
         preprocessed: ``image`` is already a normalised (H, W) float32 (the trainer's samples).
         max_overlap: of two worms whose masks overlap with an IoU above this, only the higher
             scoring is kept (``core.refine.suppress_overlaps``); 1 keeps both; None: the
-            input mode's default.
+            default of the model's kind.
         use_foreground: binary-input models and bright-field cascades: clip each worm to the
             foreground (the input, or the cascade's U-Net map), and give a worm alone in its
             foreground blob the whole blob (``core.refine``).
@@ -162,14 +163,9 @@ def segment_steps(
         RuntimeError: out of memory even with 32-px tiles. Before that, out-of-memory errors
             make it retry with half the tile side, with a RuntimeWarning and a progress message.
     """
-    mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
-    for name, value in (
-        ("score_threshold", score_threshold),
-        ("mask_threshold", mask_threshold),
-        ("max_overlap", max_overlap),
-    ):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    score_threshold, mask_threshold, max_overlap = _resolve(
+        model, score_threshold, mask_threshold, max_overlap
+    )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if preprocessed:
@@ -229,14 +225,23 @@ def segment_steps(
 
 
 def _resolve(
-    model: torch.nn.Module, mask_threshold: float | None, max_overlap: float | None
-) -> tuple[float, float]:
-    """The given thresholds, or the defaults of the model's input mode where None."""
-    defaults = postprocess_defaults(model.config.detector_input_mode)
-    return (
-        defaults["mask_threshold"] if mask_threshold is None else float(mask_threshold),
-        defaults["max_overlap"] if max_overlap is None else float(max_overlap),
-    )
+    model: torch.nn.Module,
+    score_threshold: float | None,
+    mask_threshold: float | None,
+    max_overlap: float | None,
+) -> tuple[float, float, float]:
+    """The given thresholds, or the defaults of the model's kind where None."""
+    defaults = postprocess_defaults(model.config.postprocess_kind)
+    given = {
+        "score_threshold": score_threshold,
+        "mask_threshold": mask_threshold,
+        "max_overlap": max_overlap,
+    }
+    values = tuple(defaults[k] if v is None else float(v) for k, v in given.items())
+    for name, value in zip(given, values, strict=True):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return values
 
 
 def _divides(model: torch.nn.Module, divide_touching: bool, use_foreground: bool) -> bool:
@@ -297,7 +302,7 @@ def detect(
     grey = np.asarray(grey, dtype=np.float32)
     if grey.ndim != 2 or max(grey.shape) > AUTO_TILE_SIZE:
         raise ValueError(f"detect takes one normalised (H, W) tile, got {grey.shape}")
-    mask_threshold, _ = _resolve(model, mask_threshold, None)
+    score_threshold, mask_threshold, _ = _resolve(model, score_threshold, mask_threshold, None)
     side = max(32, *grey.shape)
     return _run_to_end(
         _segment_tiles(model, grey, side, 0, 1, score_threshold, mask_threshold, True)
@@ -378,7 +383,7 @@ def _run_to_end(steps: Generator[SegmentProgress, None, Any]) -> Any:
 def segment_batch(
     model: torch.nn.Module,
     images: list[np.ndarray],
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float | None = None,
     mask_threshold: float | None = None,
     max_overlap: float | None = None,
     divide_touching: bool = True,
@@ -388,7 +393,9 @@ def segment_batch(
     Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
     through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
     """
-    mask_threshold, max_overlap = _resolve(model, mask_threshold, max_overlap)
+    score_threshold, mask_threshold, max_overlap = _resolve(
+        model, score_threshold, mask_threshold, max_overlap
+    )
     keep_prob = _divides(model, divide_touching, True)
     device = _device_of(model)
     greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]

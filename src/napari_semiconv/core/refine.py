@@ -37,31 +37,35 @@ __all__ = [
 
 # Post-processing defaults of `core.inference.segment_steps`, shared by the CLI, the demo and the
 # napari widget (this module imports no torch, so the CLI can read them cheaply). Chosen per
-# input mode on the bundled models' own training wells, never on held-out wells
+# kind of model on the bundled models' own training wells, never on held-out wells
 # (benchmarks/postprocess_sweep.py, docs/benchmarks.md "Post-processing"): at 0.5 the 28×28 mask
 # grid under-covers thin worms (the binary model, whose masks are clipped to the foreground
 # anyway, gains most from going lower), and mask-overlap suppression removes the duplicate
-# detections that box NMS lets through.
+# detections that box NMS lets through. A bright-field cascade's detector sees the U-Net's map,
+# whose one-pixel edge noise its weaker detections follow: it keeps only detections scoring 0.7
+# (the eighth session's sweep on the 40 training wells: avS 0.662 -> 0.674).
 DEFAULT_SCORE_THRESHOLD = 0.5
 POSTPROCESS_DEFAULTS: dict[str, dict[str, float]] = {
-    "binary": {"mask_threshold": 0.3, "max_overlap": 0.3},
-    "brightfield": {"mask_threshold": 0.4, "max_overlap": 0.2},
+    "binary": {"score_threshold": 0.5, "mask_threshold": 0.3, "max_overlap": 0.3},
+    "brightfield": {"score_threshold": 0.5, "mask_threshold": 0.4, "max_overlap": 0.2},
+    "cascade": {"score_threshold": 0.7, "mask_threshold": 0.4, "max_overlap": 0.3},
 }
 #: fill_lone_worms's min_cover in `segment` (binary input), chosen on the same training wells.
 FILL_MIN_COVER = 0.5
 
 
-def postprocess_defaults(input_mode: str) -> dict[str, float]:
-    """{"mask_threshold", "max_overlap"} for a model of ``input_mode`` ("binary"/"brightfield").
+def postprocess_defaults(kind: str) -> dict[str, float]:
+    """{"score_threshold", "mask_threshold", "max_overlap"} for a kind of model: "binary",
+    "brightfield" (the input mode) or "cascade" (``ModelConfig.postprocess_kind``).
 
     Raises:
-        ValueError: an unknown input mode.
+        ValueError: an unknown kind.
     """
-    if input_mode not in POSTPROCESS_DEFAULTS:
+    if kind not in POSTPROCESS_DEFAULTS:
         raise ValueError(
-            f"unknown input mode {input_mode!r}; choose one of {sorted(POSTPROCESS_DEFAULTS)}"
+            f"unknown model kind {kind!r}; choose one of {sorted(POSTPROCESS_DEFAULTS)}"
         )
-    return dict(POSTPROCESS_DEFAULTS[input_mode])
+    return dict(POSTPROCESS_DEFAULTS[kind])
 
 
 def clip_to_foreground(

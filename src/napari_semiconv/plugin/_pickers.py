@@ -12,7 +12,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ..core.model.config import detector_input_mode
+from ..core.model.config import postprocess_kind
 from ._cards import card_text
 
 BROWSE = "Browse…"
@@ -132,10 +132,10 @@ class ModelPicker:
         self.row.addWidget(self.combo, 1)
         self.row.addWidget(refresh)
         self._cards: dict[str, str] = {}
-        self._modes: dict[str, str] = {}  # what each listed model's detector sees (defaults)
+        self._modes: dict[str, str] = {}  # each listed model's kind (its post-processing defaults)
         self._last: str | None = None  # the last real model chosen, restored after a refusal
         self._last_mode: str | None = None
-        #: called with the input mode whenever the chosen model's input mode changes
+        #: called with the model's kind ("binary", "brightfield", "cascade") whenever it changes
         self.on_mode_change: Callable[[str], None] | None = None
 
     def refresh(self, *_: Any) -> None:
@@ -154,7 +154,7 @@ class ModelPicker:
             if row.get("installed"):
                 self.combo.addItem(f"{row['name']} ({row['kind']})", row["name"])
                 self._cards[row["name"]] = card_text(row)
-                self._modes[row["name"]] = detector_input_mode(row.get("config") or {})
+                self._modes[row["name"]] = postprocess_kind(row.get("config") or {})
         for path in browsed:
             self.combo.addItem(f"file: {Path(path).name}", path)
         self.combo.addItem(BROWSE, None)
@@ -181,7 +181,7 @@ class ModelPicker:
                 show_error(f"Cannot use this model: {exc}")
                 return False
             self._cards[key] = card_text({"card": ckpt.card, "config": ckpt.config.to_dict()})
-            self._modes[key] = ckpt.config.detector_input_mode
+            self._modes[key] = ckpt.config.postprocess_kind
             index = self.combo.count() - 1  # before "Browse…"
             self.combo.insertItem(index, f"file: {Path(key).name}", key)
         self.combo.setCurrentIndex(index)

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.refine import DEFAULT_SCORE_THRESHOLD, postprocess_defaults
+from ..core.refine import postprocess_defaults
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
@@ -74,13 +74,13 @@ class SegmentWidget(QWidget):
         form.addRow(self.card_label)
         self.device_combo = QComboBox()
         form.addRow("Device", self.device_combo)
+        # the thresholds follow the chosen model's kind (postprocess_defaults) whenever the kind
+        # changes; until a model is chosen, the bright-field defaults
+        defaults = postprocess_defaults("brightfield")
         self.score_spin = _fraction(
-            DEFAULT_SCORE_THRESHOLD, "Keep worms whose detection score is at least this."
+            defaults["score_threshold"], "Keep worms whose detection score is at least this."
         )
         form.addRow("Score threshold", self.score_spin)
-        # the next two follow the chosen model's input mode (postprocess_defaults) whenever the
-        # mode changes; until a model is chosen, the bright-field defaults
-        defaults = postprocess_defaults("brightfield")
         self.mask_spin = _fraction(
             defaults["mask_threshold"], "A pixel belongs to a worm above this mask probability."
         )
@@ -139,9 +139,10 @@ class SegmentWidget(QWidget):
         if device:
             self.device_combo.setCurrentText(device)
 
-    def _apply_mode_defaults(self, input_mode: str) -> None:
-        """Set the mask threshold and max overlap to the defaults of the model's input mode."""
-        defaults = postprocess_defaults(input_mode)
+    def _apply_mode_defaults(self, kind: str) -> None:
+        """Set the thresholds to the defaults of the model's kind (binary/brightfield/cascade)."""
+        defaults = postprocess_defaults(kind)
+        self.score_spin.setValue(defaults["score_threshold"])
         self.mask_spin.setValue(defaults["mask_threshold"])
         self.overlap_spin.setValue(defaults["max_overlap"])
 

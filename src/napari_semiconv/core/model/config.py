@@ -21,9 +21,15 @@ NORMS = ("batch", "group")
 
 
 def detector_input_mode(config: dict[str, Any]) -> str:
-    """The input mode a config dict's detector sees (its post-processing follows it): "binary"
-    behind a foreground U-Net (a bright-field cascade), else the config's input mode."""
+    """The input mode a config dict's detector sees: "binary" behind a foreground U-Net (a
+    bright-field cascade), else the config's input mode."""
     return "binary" if config.get("foreground_width") else str(config.get("input_mode", ""))
+
+
+def postprocess_kind(config: dict[str, Any]) -> str:
+    """Which post-processing defaults a config dict's model gets (``core.refine``): "cascade"
+    for a bright-field cascade (its detector sees the U-Net's map), else its input mode."""
+    return "cascade" if config.get("foreground_width") else str(config.get("input_mode", ""))
 
 
 @dataclass
@@ -88,6 +94,11 @@ class ModelConfig:
     def detector_input_mode(self) -> str:
         """What the detector itself sees: "binary" behind a foreground U-Net, else input_mode."""
         return detector_input_mode(self.to_dict())
+
+    @property
+    def postprocess_kind(self) -> str:
+        """ "cascade", "binary" or "brightfield": whose post-processing defaults apply."""
+        return postprocess_kind(self.to_dict())
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
