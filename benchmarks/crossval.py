@@ -6,11 +6,13 @@ card. The fold split comes from
 ``napari_semiconv.core.data.dataset.kfold_wells`` with the same seed the trainer uses, so the
 held-out wells are never seen in training. Writes ``crossval.json`` and ``crossval.md`` to --out.
 
-``brightfield-cascade`` (worms-brightfield's recipe) runs after the detectors: for each of its
-folds, ``train-foreground`` on that fold's training wells (read from the binary-semiconv fold
-model's card) puts a U-Net in front of that model (``--foreground-steps``, then
-``--foreground-stage2`` and ``--foreground-stage3`` more at jitter 0.3, as the bundled file), and
-``evaluate`` scores the cascade on the fold's held-out wells with segment's defaults.
+``brightfield-cascade`` (worms-brightfield's recipe) runs after the detectors, its folds in
+parallel: for each, ``train-foreground`` on that fold's training wells (read from the
+binary-semiconv fold model's card) puts a U-Net in front of that model (``--foreground-steps``,
+then ``--foreground-stage2`` and ``--foreground-stage3`` more at jitter 0.3, as the bundled file;
+or, with ``--foreground-budget S``, the three stages for 35 / 35 / 30 % of S seconds, which a
+GPU session's 15 minutes need), and ``evaluate`` scores the cascade on the fold's held-out wells
+with segment's defaults.
 
 Example (what produced docs/benchmarks.md, on one H100):
     python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RECIPES = {
@@ -78,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=3650,
         help="then this many more at jitter 0.3, lr 5e-4 (the bundled recipe; 0: none)",
+    )
+    p.add_argument(
+        "--foreground-budget",
+        type=float,
+        default=0.0,
+        help="seconds per fold for the three U-Net stages (35/35/30 %%) instead of the step counts",
     )
     args = p.parse_args(argv)
 
@@ -143,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault(r, []).append(res)
         print(f"[crossval] {r} fold {fold}: {json.dumps(res)}", flush=True)
 
-    for fold in cascade_folds:
-        res = _cascade_fold(args, out, fold)
+    # the cascade folds in parallel (each a chain of subprocesses): sequential, five folds of
+    # three U-Net stages would not fit a GPU session
+    with ThreadPoolExecutor(max_workers=max(1, len(cascade_folds))) as pool:
+        done = list(pool.map(lambda fold: _cascade_fold(args, out, fold), cascade_folds))
+    for fold, res in zip(cascade_folds, done, strict=True):
         if res is not None:
             results.setdefault(CASCADE, []).append(res)
             print(f"[crossval] {CASCADE} fold {fold}: {json.dumps(res)}", flush=True)
@@ -198,22 +210,30 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
     train, held = ",".join(data["train_names"]), ",".join(data["val_names"])
     log = out / f"{CASCADE}.fold{fold}.train.log"
     # the bundled file's stages: a new U-Net, then the same further at weaker jitter, lower lr
-    stages = [(args.foreground_steps, "2e-3", "1", ""),
-              (args.foreground_stage2, "1e-3", "0.3", ".stage2"),
-              (args.foreground_stage3, "5e-4", "0.3", ".stage3")]  # fmt: skip
-    cascade, rc = None, 0
+    budget = args.foreground_budget
+    lengths = (
+        [["--time-budget", f"{budget * share:.0f}"] for share in (0.35, 0.35, 0.30)]
+        if budget > 0
+        else [["--steps", str(n)] if n else None for n in _stage_steps(args)]
+    )
+    stages = [(lengths[0], "2e-3", "1", ""),
+              (lengths[1], "1e-3", "0.3", ".stage2"),
+              (lengths[2], "5e-4", "0.3", ".stage3")]  # fmt: skip
+    cascade, rc, steps = None, 0, 0
     with open(log, "w") as f:
-        for steps, lr, jitter, suffix in stages:
-            if rc != 0 or not steps:
+        for length, lr, jitter, suffix in stages:
+            if rc != 0 or not length:
                 continue
             start = ["--foreground-from", str(cascade)] if cascade else []
             cascade = out / f"{CASCADE}.fold{fold}{suffix}.pt"
             cmd = _cli(
                 "train-foreground", "--data", args.data, "--wells", train, "--val-wells", held,
-                "--detector", str(detector), *start, "--steps", str(steps), "--lr", lr,
+                "--detector", str(detector), *start, *length, "--lr", lr,
                 "--jitter", jitter, "--device", args.device, "--out", str(cascade),
             )  # fmt: skip
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+            if rc == 0:
+                steps += _steps_of(cascade)
     if rc != 0 or cascade is None:
         print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
         return None
@@ -224,9 +244,23 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
         print(f"[crossval] {CASCADE} fold {fold}: evaluate exit {done.returncode}: {done.stderr}")
         return None
     res = json.loads(done.stdout.strip().splitlines()[-1])
-    steps = args.foreground_steps + args.foreground_stage2 + args.foreground_stage3
     res.update(fold=fold, steps=steps, val_wells=data["val_names"])
     return res
+
+
+def _stage_steps(args: argparse.Namespace) -> list[int]:
+    return [args.foreground_steps, args.foreground_stage2, args.foreground_stage3]
+
+
+def _steps_of(cascade: Path) -> int:
+    """The U-Net steps a train-foreground stage made (its model card), 0 if unknown."""
+    from napari_semiconv.core.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        card = load_checkpoint(cascade).card
+    except CheckpointError:
+        return 0
+    return int((card.get("foreground_training") or {}).get("steps") or 0)
 
 
 def _recipe_folds(spec: str, k: int) -> tuple[str, list[int]]:
