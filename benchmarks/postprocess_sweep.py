@@ -1,11 +1,12 @@
 """Choose the post-processing defaults (score and mask thresholds, max overlap) on training wells.
 
-Runs the network once per well and mask threshold (`core.inference.detect`: detections down to
-score 0.05, with their mask probabilities), then applies every score threshold, max-overlap
-setting and (where the model sees a foreground: binary input, bright-field cascade) lone-worm
-filling and sharing out of touching worms to the same detections, through
-`core.refine.refine_instances` as `segment` runs it, and scores each setting (COCO mask AP and
-avS, `core.evaluation.evaluate`). ``--no-clip`` shows the figures without the foreground.
+`core.threshold_search.search_thresholds` (what `napari-semiconv tune-thresholds` runs on a
+user's images) with the benchmark's extra knobs: the network runs once per well and mask
+threshold (`core.inference.detect`, with the mask probabilities); every score threshold,
+max overlap and, where the model sees a foreground (binary input, bright-field cascade),
+lone-worm filling and sharing out of touching worms is applied to the same detections through
+`core.refine.refine_instances` as `segment` runs it, and scored (COCO mask AP and avS,
+`core.evaluation.evaluate`). ``--no-clip`` shows the figures without the foreground.
 Pass only wells the model was trained on: settings chosen on held-out wells would inflate the
 held-out scores. The best setting by avS is printed last; the JSON holds every row.
 
@@ -17,22 +18,14 @@ held-out scores. The best setting by avS is printed last; the JSON holds every r
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from napari_semiconv.core.evaluation import evaluate
-from napari_semiconv.core.inference import (
-    DEFAULT_SCORE_THRESHOLD,
-    detect,
-    load_model,
-    worm_foreground,
-)
-from napari_semiconv.core.refine import refine_instances
+from napari_semiconv.core.inference import DEFAULT_SCORE_THRESHOLD, load_model
+from napari_semiconv.core.threshold_search import search_thresholds
 from napari_semiconv.core.training_data import read_samples
 
 
@@ -69,45 +62,20 @@ def main() -> None:
     model = load_model(args.model, device="cpu")
     mode = model.config.input_mode
     samples = read_samples(args.data, "bbbc010", mode, args.wells.split(","))
-    truths = [s.masks for s in samples]
     divides = {"on": [True], "off": [False], "both": [True, False]}[args.divide]
-    rows = []
     started = time.perf_counter()
-    for mask_threshold in args.mask_thresholds:
-        found = [detect(model, s.image, 0.05, mask_threshold) for s in samples]
-        foregrounds = [
-            None if args.no_clip else worm_foreground(f, s.image, mode)
-            for (f, _), s in zip(found, samples, strict=True)
-        ]
-        clip = any(fg is not None for fg in foregrounds)
-        covers = args.fill_covers if clip else [2.0]
-        settings = itertools.product(
-            args.score_thresholds, args.max_overlaps, covers, divides if clip else [False]
-        )
-        for score_threshold, max_overlap, min_cover, divide in settings:
-            preds = []
-            for (f, soft), fg in zip(found, foregrounds, strict=True):
-                keep = np.flatnonzero(f.scores >= score_threshold)
-                kept_soft = [soft[i] for i in keep] if divide else None
-                preds.append(
-                    refine_instances(
-                        f.masks[keep], f.scores[keep], fg, max_overlap, min_cover, soft=kept_soft
-                    )
-                )
-            summary = evaluate(preds, truths, per_image_ap=False).summary
-            row = {
-                "mask_threshold": mask_threshold,
-                "max_overlap": max_overlap,
-                "fill_min_cover": min_cover if clip else None,
-                "score_threshold": score_threshold,
-                "use_foreground": clip,
-                "divide": divide,
-                **{k: summary[k] for k in ("AP", "AP50", "AP75", "avS")},
-                "n_pred": int(sum(len(q[1]) for q in preds)),
-                "n_true": int(sum(len(t) for t in truths)),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    rows = search_thresholds(
+        model,
+        samples,
+        args.score_thresholds,
+        args.mask_thresholds,
+        args.max_overlaps,
+        fill_covers=args.fill_covers,
+        divides=divides,
+        use_foreground=not args.no_clip,
+    )
+    for row in rows:
+        print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["avS"])
     result = {
         "model": args.model,

@@ -70,7 +70,9 @@ def widget(make_napari_viewer, tiny_model):
     return w
 
 
-def test_thresholds_follow_the_models_kind(make_napari_viewer, tiny_model):
+def test_thresholds_follow_the_models_kind(make_napari_viewer, tiny_model, tmp_path):
+    from napari_semiconv.core.checkpoint import save_checkpoint
+    from napari_semiconv.core.inference import load_model
     from napari_semiconv.core.model_store import resolve_model_path
     from napari_semiconv.core.refine import postprocess_defaults
     from napari_semiconv.plugin.segment_widget import SegmentWidget
@@ -100,6 +102,12 @@ def test_thresholds_follow_the_models_kind(make_napari_viewer, tiny_model):
     w.mask_spin.setValue(0.65)
     assert w.set_model(str(resolve_model_path("worms-binary")[0]))
     assert w.mask_spin.value() == pytest.approx(0.65)
+    # a model whose card records its own thresholds (tune-thresholds) gets those
+    model = load_model("worms-binary", device="cpu")
+    own = {"score_threshold": 0.65, "mask_threshold": 0.45, "max_overlap": 0.25}
+    tuned = save_checkpoint(tmp_path / "tuned.pt", model, {**model.card, "postprocess": own})
+    assert w.set_model(str(tuned))
+    assert shown() == pytest.approx(own)
 
 
 def _run(qtbot, w) -> None:

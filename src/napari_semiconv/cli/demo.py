@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.export import write_run_outputs
     from napari_semiconv.core.inference import load_model, run_info, segment
     from napari_semiconv.core.overlay import write_overlay_png
-    from napari_semiconv.core.refine import postprocess_defaults
+    from napari_semiconv.core.refine import postprocess_defaults_of
     from napari_semiconv.core.synthetic.worms import synthetic_worms
 
     model = load_model(args.model, device=args.device)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     sample_path = out / "sample.tif"
     tifffile.imwrite(sample_path, image)
     settings = {
-        **postprocess_defaults(model.config.postprocess_kind),
+        **postprocess_defaults_of(model.config.postprocess_kind, model.card),
         "divide_touching": True,
         "tile_size": None,
         "overlap": 64,

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "predict": "predict",
     "models": "models",
     "train-foreground": "foreground",
+    "tune-thresholds": "thresholds",
 }
 
 

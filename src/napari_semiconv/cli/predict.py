@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_semiconv.core.refine import postprocess_defaults
+from napari_semiconv.core.refine import postprocess_defaults_of
 
 #: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
 #: model kind's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record
             settings[key] = value
-    for key, value in postprocess_defaults(model.config.postprocess_kind).items():
+    for key, value in postprocess_defaults_of(model.config.postprocess_kind, model.card).items():
         if settings[key] is None:
             settings[key] = value
     out = Path(args.out)

@@ -62,6 +62,8 @@ class Checkpoint:
     card: dict[str, Any]
     train_state: dict[str, Any] | None = None
     path: Path | None = field(default=None, compare=False)
+    #: the file stores its floating-point weights at fp16 (as the bundled models do)
+    half: bool = field(default=False, compare=False)
 
 
 def _versions() -> dict[str, str]:
@@ -295,7 +297,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if train_state is not None and not isinstance(train_state, dict):
         raise _fail(path, "train_state is not a dict")
     state_dict = {k: v.float() if v.dtype == torch.float16 else v for k, v in state_dict.items()}
-    return Checkpoint(config, state_dict, card, train_state, path)
+    return Checkpoint(config, state_dict, card, train_state, path, half=bool(data.get("half")))
 
 
 def model_from_checkpoint(ckpt: Checkpoint, device: str | torch.device = "cpu") -> SemiConvMaskRCNN:

@@ -239,7 +239,7 @@ def foreground_of(cascade: Checkpoint) -> ForegroundNet:
 # the detector's card entries that describe the detector, not the cascade: kept under detector_*
 _DETECTOR_KEYS = (
     "name", "description", "data", "recipe", "step", "fold", "metrics", "metrics_protocol",
-    "cross_validation", "history", "created", "normalisation", "preprocessing",
+    "cross_validation", "history", "created", "normalisation", "preprocessing", "postprocess",
 )  # fmt: skip
 
 

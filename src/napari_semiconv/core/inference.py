@@ -27,7 +27,7 @@ from napari_semiconv.core.model_store import list_models, load_model, model_sour
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import (
     DEFAULT_SCORE_THRESHOLD,
-    postprocess_defaults,
+    postprocess_defaults_of,
     refine_instances,
 )
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
@@ -132,10 +132,10 @@ def segment_steps(
         model: from :func:`load_model` (or ``build_model``); its card's input mode decides the
             preprocessing: ``core.preprocess.to_grey`` then ``normalise(.., config.input_mode)``.
         image: (H, W) grey, or (H, W, 3) RGB / (H, W, 4) RGBA (alpha ignored), any numeric dtype.
-        score_threshold: keep detections scoring at least this; None: the default of the
-            model's kind (``core.refine.postprocess_defaults(model.config.postprocess_kind)``).
+        score_threshold: keep detections scoring at least this; None: the model's own default
+            (``core.refine.postprocess_defaults_of``: its card's, else its kind's).
         mask_threshold: a pixel belongs to a worm where its mask probability exceeds this;
-            None: the default of the model's kind.
+            None: the model's own default.
         tile_size: side of a tile in pixels; None = tile only images larger than
             ``AUTO_TILE_SIZE`` on a side.
         overlap: overlap of neighbouring tiles in pixels (make it at least a worm's width).
@@ -143,7 +143,7 @@ def segment_steps(
         preprocessed: ``image`` is already a normalised (H, W) float32 (the trainer's samples).
         max_overlap: of two worms whose masks overlap with an IoU above this, only the higher
             scoring is kept (``core.refine.suppress_overlaps``); 1 keeps both; None: the
-            default of the model's kind.
+            model's own default.
         use_foreground: binary-input models and bright-field cascades: clip each worm to the
             foreground (the input, or the cascade's U-Net map), and give a worm alone in its
             foreground blob the whole blob (``core.refine``).
@@ -230,8 +230,9 @@ def _resolve(
     mask_threshold: float | None,
     max_overlap: float | None,
 ) -> tuple[float, float, float]:
-    """The given thresholds, or the defaults of the model's kind where None."""
-    defaults = postprocess_defaults(model.config.postprocess_kind)
+    """The given thresholds, or the model's own defaults where None (its card's, else its
+    kind's: ``core.refine.postprocess_defaults_of``)."""
+    defaults = postprocess_defaults_of(model.config.postprocess_kind, getattr(model, "card", None))
     given = {
         "score_threshold": score_threshold,
         "mask_threshold": mask_threshold,

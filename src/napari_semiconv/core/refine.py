@@ -27,10 +27,12 @@ __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "FILL_MIN_COVER",
     "POSTPROCESS_DEFAULTS",
+    "POSTPROCESS_KEYS",
     "clip_to_foreground",
     "fill_lone_worms",
     "mask_boxes",
     "postprocess_defaults",
+    "postprocess_defaults_of",
     "refine_instances",
     "suppress_overlaps",
 ]
@@ -50,6 +52,7 @@ POSTPROCESS_DEFAULTS: dict[str, dict[str, float]] = {
     "brightfield": {"score_threshold": 0.5, "mask_threshold": 0.4, "max_overlap": 0.2},
     "cascade": {"score_threshold": 0.7, "mask_threshold": 0.4, "max_overlap": 0.3},
 }
+POSTPROCESS_KEYS = ("score_threshold", "mask_threshold", "max_overlap")
 #: fill_lone_worms's min_cover in `segment` (binary input), chosen on the same training wells.
 FILL_MIN_COVER = 0.5
 
@@ -66,6 +69,22 @@ def postprocess_defaults(kind: str) -> dict[str, float]:
             f"unknown model kind {kind!r}; choose one of {sorted(POSTPROCESS_DEFAULTS)}"
         )
     return dict(POSTPROCESS_DEFAULTS[kind])
+
+
+def postprocess_defaults_of(kind: str, card: dict | None) -> dict[str, float]:
+    """A model's own defaults: the thresholds its card records under "postprocess" (chosen on
+    annotated images, ``core.threshold_search``), else those of its kind. A card entry that is
+    not three numbers in [0, 1] is ignored (the kind's defaults are used)."""
+    defaults = postprocess_defaults(kind)
+    own = (card or {}).get("postprocess")
+    if isinstance(own, dict):
+        values = {k: own.get(k) for k in POSTPROCESS_KEYS}
+        if all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+            for v in values.values()
+        ):
+            defaults.update({k: float(v) for k, v in values.items()})
+    return defaults
 
 
 def clip_to_foreground(

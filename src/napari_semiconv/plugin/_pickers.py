@@ -13,6 +13,7 @@ from typing import Any
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..core.model.config import postprocess_kind
+from ..core.refine import postprocess_defaults_of
 from ._cards import card_text
 
 BROWSE = "Browse…"
@@ -132,11 +133,12 @@ class ModelPicker:
         self.row.addWidget(self.combo, 1)
         self.row.addWidget(refresh)
         self._cards: dict[str, str] = {}
-        self._modes: dict[str, str] = {}  # each listed model's kind (its post-processing defaults)
+        # each listed model's own post-processing defaults (its card's, else its kind's)
+        self._modes: dict[str, dict[str, float] | None] = {}
         self._last: str | None = None  # the last real model chosen, restored after a refusal
-        self._last_mode: str | None = None
-        #: called with the model's kind ("binary", "brightfield", "cascade") whenever it changes
-        self.on_mode_change: Callable[[str], None] | None = None
+        self._last_mode: dict[str, float] | None = None
+        #: called with the chosen model's threshold defaults whenever they change
+        self.on_mode_change: Callable[[dict[str, float]], None] | None = None
 
     def refresh(self, *_: Any) -> None:
         """Re-read the models, keeping browsed files and the current choice."""
@@ -154,7 +156,7 @@ class ModelPicker:
             if row.get("installed"):
                 self.combo.addItem(f"{row['name']} ({row['kind']})", row["name"])
                 self._cards[row["name"]] = card_text(row)
-                self._modes[row["name"]] = postprocess_kind(row.get("config") or {})
+                self._modes[row["name"]] = _defaults(row.get("config"), row.get("card"))
         for path in browsed:
             self.combo.addItem(f"file: {Path(path).name}", path)
         self.combo.addItem(BROWSE, None)
@@ -181,7 +183,7 @@ class ModelPicker:
                 show_error(f"Cannot use this model: {exc}")
                 return False
             self._cards[key] = card_text({"card": ckpt.card, "config": ckpt.config.to_dict()})
-            self._modes[key] = ckpt.config.postprocess_kind
+            self._modes[key] = _defaults(ckpt.config.to_dict(), ckpt.card)
             index = self.combo.count() - 1  # before "Browse…"
             self.combo.insertItem(index, f"file: {Path(key).name}", key)
         self.combo.setCurrentIndex(index)
@@ -213,3 +215,11 @@ class ModelPicker:
             self._last_mode = mode
             if self.on_mode_change is not None:
                 self.on_mode_change(mode)
+
+
+def _defaults(config: dict | None, card: dict | None) -> dict[str, float] | None:
+    """A listed model's threshold defaults, or None when its config names no known kind."""
+    try:
+        return postprocess_defaults_of(postprocess_kind(config or {}), card)
+    except ValueError:
+        return None

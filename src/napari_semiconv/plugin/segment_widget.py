@@ -74,8 +74,8 @@ class SegmentWidget(QWidget):
         form.addRow(self.card_label)
         self.device_combo = QComboBox()
         form.addRow("Device", self.device_combo)
-        # the thresholds follow the chosen model's kind (postprocess_defaults) whenever the kind
-        # changes; until a model is chosen, the bright-field defaults
+        # the thresholds follow the chosen model's own defaults (its card's, else its kind's)
+        # whenever they change; until a model is chosen, the bright-field defaults
         defaults = postprocess_defaults("brightfield")
         self.score_spin = _fraction(
             defaults["score_threshold"], "Keep worms whose detection score is at least this."
@@ -139,9 +139,8 @@ class SegmentWidget(QWidget):
         if device:
             self.device_combo.setCurrentText(device)
 
-    def _apply_mode_defaults(self, kind: str) -> None:
-        """Set the thresholds to the defaults of the model's kind (binary/brightfield/cascade)."""
-        defaults = postprocess_defaults(kind)
+    def _apply_mode_defaults(self, defaults: dict[str, float]) -> None:
+        """Set the thresholds to the chosen model's own defaults (its card's, else its kind's)."""
         self.score_spin.setValue(defaults["score_threshold"])
         self.mask_spin.setValue(defaults["mask_threshold"])
         self.overlap_spin.setValue(defaults["max_overlap"])
