@@ -329,3 +329,56 @@ def test_clear_messages_and_no_half_made_layers(qtbot, widget):
     widget.set_model(str(Path(__file__)))  # not a checkpoint: refused when chosen
     assert any("not a checkpoint" in m or "text file" in m for m in _errors())
     assert widget.model_choice().endswith("tiny.pt")
+
+
+def test_choose_thresholds_on_a_labels_layer(qtbot, make_napari_viewer):
+    # the user's labels are the truth: the widget ends up with the setting that reproduces them
+    # best, as the core search scores it on the same image
+    from napari_semiconv.core.data.sample import Sample
+    from napari_semiconv.core.inference import load_model
+    from napari_semiconv.core.measurements import labels_from_instances
+    from napari_semiconv.core.preprocess import normalise
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+    from napari_semiconv.core.threshold_search import best_setting, search_thresholds
+    from napari_semiconv.plugin._tune_worker import MASK_THRESHOLDS, MAX_OVERLAPS, SCORE_THRESHOLDS
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, masks = synthetic_worms(seed=3, render="binary")
+    viewer.add_image(image, name="well")
+    viewer.add_labels(labels_from_instances(masks), name="truth")
+    viewer.add_labels(np.zeros((10, 10), np.uint16), name="wrong size")
+    w = SegmentWidget(viewer)
+    assert w.set_model("worms-binary")
+    w.device_combo.setCurrentText("cpu")
+    start = (0.9, 0.5, 1.0)  # poor thresholds: most worms dropped, duplicates kept
+    for spin, value in zip(w.spins(), start, strict=True):
+        spin.setValue(value)
+
+    # labels that do not fit the image: a message, the thresholds untouched
+    w.tuner.labels_combo.setCurrentIndex(w.tuner.labels_combo.findText("wrong size"))
+    assert w.tuner.start() is not None
+    qtbot.waitUntil(lambda: not w.tuner.running, timeout=LONG)
+    assert "not changed" in w.result_label.text() and "do not match" in w.result_label.text()
+    assert tuple(s.value() for s in w.spins()) == pytest.approx(start)
+
+    w.tuner.labels_combo.setCurrentIndex(w.tuner.labels_combo.findText("truth"))
+    assert w.tuner.start() is not None
+    qtbot.waitUntil(lambda: not w.tuner.running, timeout=LONG)
+    model = load_model("worms-binary", device="cpu")
+    sample = Sample(normalise(image, "binary"), masks, "well")
+    rows = search_thresholds(
+        model,
+        [sample],
+        sorted({*SCORE_THRESHOLDS, start[0]}),
+        sorted({*MASK_THRESHOLDS, start[1]}),
+        sorted({*MAX_OVERLAPS, start[2]}),
+    )
+    best = best_setting(rows, "avS")
+    chosen = tuple(s.value() for s in w.spins())
+    assert chosen == pytest.approx(
+        (best["score_threshold"], best["mask_threshold"], best["max_overlap"])
+    )
+    assert chosen != pytest.approx(start)
+    text = w.result_label.text()
+    assert "Thresholds chosen on 'truth'" in text and f"avS {best['avS']:.3f}" in text

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.refine import postprocess_defaults
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
+from ._tune_row import ThresholdTuner
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,6 +92,8 @@ class SegmentWidget(QWidget):
             "scoring one: removes duplicate detections (1 keeps both).",
         )
         form.addRow("Max overlap", self.overlap_spin)
+        self.tuner = ThresholdTuner(self)
+        form.addRow("Truth", self.tuner.row)
         self.models.on_mode_change = self._apply_mode_defaults
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
@@ -125,8 +128,9 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ pickers
     def refresh_images(self, *_: Any) -> None:
-        """Re-list the viewer's image layers (done on every layer added, removed or moved)."""
+        """Re-list the viewer's image and labels layers (on every layer added, removed or moved)."""
         self.images.refresh()
+        self.tuner.refresh()
 
     def refresh_models(self, *_: Any) -> None:
         """Re-list the models and the devices."""
@@ -144,6 +148,10 @@ class SegmentWidget(QWidget):
         self.score_spin.setValue(defaults["score_threshold"])
         self.mask_spin.setValue(defaults["mask_threshold"])
         self.overlap_spin.setValue(defaults["max_overlap"])
+
+    def spins(self) -> tuple[QDoubleSpinBox, QDoubleSpinBox, QDoubleSpinBox]:
+        """The score threshold, mask threshold and max overlap fields."""
+        return self.score_spin, self.mask_spin, self.overlap_spin
 
     def image_layer(self) -> Any:
         """The chosen image layer, or None."""

@@ -1,0 +1,76 @@
+"""The Segment widget's "Choose thresholds": a generator for ``napari.qt.threading`` (no Qt).
+
+The user's labels (e.g. the worms layer after correcting it) are the truth; the model's worms
+before the clean-up are computed once per mask threshold and every setting is scored
+(``core.threshold_search``). One mask threshold at a time, so Cancel stops between passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._workers import ModelCache, RunUpdate
+
+MASK_THRESHOLDS = (0.3, 0.4, 0.5)
+SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MAX_OVERLAPS = (0.2, 0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class TuneRequest:
+    """Captured on the GUI thread when "Choose thresholds" is clicked."""
+
+    image_name: str
+    labels_name: str
+    image: np.ndarray  # (H, W) or (H, W, 3|4) RGB(A)
+    labels: np.ndarray  # (H, W) integer ids, 0 = background
+    model: str
+    device: str
+    current: dict[str, float]  # the widget's thresholds now, scored for comparison
+
+
+@dataclass
+class TuneResult:
+    request: TuneRequest
+    best: dict[str, Any]  # the best row (core.threshold_search), by avS
+    current: dict[str, Any] | None  # the row of the widget's thresholds, if in the grid
+    rows: list[dict[str, Any]]
+
+
+def _sample(request: TuneRequest, input_mode: str) -> Any:
+    from ..core.data.arrays import labels_to_masks
+    from ..core.data.sample import Sample
+    from ..core.preprocess import normalise, to_grey
+
+    image = np.asarray(request.image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"choose thresholds on one 2-D image (grey or RGB); {request.image_name!r} has "
+            f"shape {image.shape}"
+        )
+    grey = normalise(to_grey(image), input_mode)
+    masks = labels_to_masks(np.asarray(request.labels), grey.shape)
+    return Sample(grey, masks, request.image_name)
+
+
+def run_tuning(request: TuneRequest, cache: ModelCache) -> Generator[RunUpdate, None, TuneResult]:
+    """Score every threshold setting on the request's image against its labels."""
+    from ..core.threshold_search import best_setting, search_thresholds
+
+    yield RunUpdate(0, len(MASK_THRESHOLDS), "loading the model")
+    model = cache.get(request.model, request.device)
+    sample = _sample(request, model.config.input_mode)
+    masks = sorted({*MASK_THRESHOLDS, request.current["mask_threshold"]})
+    scores = sorted({*SCORE_THRESHOLDS, request.current["score_threshold"]})
+    overlaps = sorted({*MAX_OVERLAPS, request.current["max_overlap"]})
+    rows: list[dict[str, Any]] = []
+    for done, mask_threshold in enumerate(masks):
+        yield RunUpdate(done, len(masks), f"mask threshold {mask_threshold:.2f}")
+        rows += search_thresholds(model, [sample], scores, [mask_threshold], overlaps)
+    yield RunUpdate(len(masks), len(masks), "scored")
+    current = next((r for r in rows if all(r[k] == v for k, v in request.current.items())), None)
+    return TuneResult(request, best_setting(rows, "avS"), current, rows)
