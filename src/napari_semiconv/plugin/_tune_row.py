@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton
 
 from ._finetune_pairs import fill_combo, layer_data
+from ._threading import worker_for
 from ._tune_worker import TuneRequest, TuneResult, run_tuning
 from ._workers import ModelCache, RunUpdate
 
@@ -63,24 +64,15 @@ class ThresholdTuner:
 
     def start(self) -> Any:
         """Start choosing; returns the worker, or None (with a message) if nothing started."""
-        from napari.qt.threading import create_worker
-
         request = self._request()
         if request is None:
             return None
-        self.worker = create_worker(
+        self.worker = worker_for(
+            self,
             run_tuning,
             request,
             self._cache,
-            _start_thread=False,
-            _progress={"desc": f"Choosing thresholds on {request.labels_name}"},
-            _connect={
-                "yielded": self._on_update,
-                "returned": self._on_returned,
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
+            desc=f"Choosing thresholds on {request.labels_name}",
         )
         self.button.setText("Cancel choosing")
         self.owner.result_label.setText(f"Choosing thresholds on {request.labels_name}…")

@@ -42,6 +42,7 @@ from ._finetune_pairs import (
 )
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
 from ._pickers import ModelPicker, show_error
+from ._threading import worker_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -318,8 +319,6 @@ class FineTuneWidget(QWidget):
 
     def train(self) -> Any:
         """Start fine-tuning; returns the worker, or None (with a message) if nothing started."""
-        from napari.qt.threading import create_worker
-
         from ..core.finetune import output_path
 
         if self.running:
@@ -341,19 +340,13 @@ class FineTuneWidget(QWidget):
         self.last_output, self.last_step = out, 0
         if not spec.resume:
             self.curve.clear()
-        self.worker = create_worker(
+        self.worker = worker_for(
+            self,
             run_finetune,
             spec,
             layer_data(preview) if preview is not None else None,
-            _start_thread=False,
-            _progress={"total": spec.iterations, "desc": f"Fine-tuning {out.stem}"},
-            _connect={
-                "yielded": self._on_update,
-                "returned": self._on_returned,
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
+            total=spec.iterations,
+            desc=f"Fine-tuning {out.stem}",
         )
         self._set_running(True)
         self.status_label.setText(f"Fine-tuning {out.stem} from {spec.base or out.stem}…")

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.refine import postprocess_defaults
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
+from ._threading import worker_for
 from ._tune_row import ThresholdTuner
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
@@ -172,26 +173,13 @@ class SegmentWidget(QWidget):
 
     def segment(self) -> Any:
         """Start a run on the chosen image; returns the worker, or None if nothing started."""
-        from napari.qt.threading import create_worker
-
         if self.running:  # a second click while running never starts a concurrent run
             return None
         request = self._request()
         if request is None:
             return None
-        self.worker = create_worker(
-            run_segmentation,
-            request,
-            self._cache,
-            _start_thread=False,
-            _progress={"desc": f"Segmenting {request.image_name}"},
-            _connect={
-                "yielded": self._on_update,
-                "returned": self._on_returned,
-                "errored": self._on_error,
-                "aborted": self._on_aborted,
-                "finished": self._on_finished,
-            },
+        self.worker = worker_for(
+            self, run_segmentation, request, self._cache, desc=f"Segmenting {request.image_name}"
         )
         self.runs_started += 1
         self._running_name = request.image_name
