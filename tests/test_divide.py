@@ -161,20 +161,26 @@ def test_segment_shares_out_touching_worms_of_a_real_model():
     assert covered(divided) >= covered(kept)
 
 
-@pytest.mark.parametrize("name", ["worms-binary", "worms-brightfield"])
-def test_detect_then_refine_is_what_segment_gives(name):
-    # the post-processing sweep applies its settings to detect()'s output: at segment's
-    # defaults it must give segment's worms exactly, or the settings it picks mean nothing
+CASES = [("worms-binary", None), ("worms-brightfield", None), ("worms-binary", 256)]
+
+
+@pytest.mark.parametrize(("name", "tile_size"), CASES)
+def test_detect_then_refine_is_what_segment_gives(name, tile_size):
+    # the threshold search applies its settings to detect()'s output: at segment's defaults it
+    # must give segment's worms exactly, or the settings it picks mean nothing. One tile: any
+    # lower score threshold in detect; tiled, the pieces cut by tiles merge among the worms
+    # kept, so detect runs at the score threshold itself (what the search does for big images)
     model = load_model(name)
     mode = model.config.input_mode
     image, _ = synthetic_worms(seed=3, render="binary" if mode == "binary" else "brightfield")
     grey = normalise(image, mode)
-    expected = segment(model, grey, preprocessed=True)
-    found, soft = detect(model, grey)  # down to score 0.05: more than segment keeps
-    assert len(found) > len(expected) > 1
+    defaults = postprocess_defaults(model.config.postprocess_kind)
+    expected = segment(model, grey, preprocessed=True, tile_size=tile_size)
+    low = defaults["score_threshold"] if tile_size else 0.05
+    found, soft = detect(model, grey, low, tile_size=tile_size)
+    assert len(found) >= len(expected) > 1
     foreground = worm_foreground(found, grey, mode)
     assert foreground is not None and foreground.any()
-    defaults = postprocess_defaults(model.config.postprocess_kind)
     keep = np.flatnonzero(found.scores >= defaults["score_threshold"])
     masks, scores = refine_instances(
         found.masks[keep],
@@ -185,3 +191,6 @@ def test_detect_then_refine_is_what_segment_gives(name):
     )
     np.testing.assert_array_equal(masks, expected.masks)
     np.testing.assert_array_equal(scores, expected.scores)
+    # a constant image is not shown to the network, as in segment
+    blank, blank_soft = detect(model, np.zeros((64, 80), np.float32))
+    assert len(blank) == 0 and blank_soft == [] and blank.masks.shape == (0, 64, 80)

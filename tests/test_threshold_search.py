@@ -124,3 +124,17 @@ def test_tune_thresholds_writes_a_model_that_uses_them(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err and out.stat().st_mtime_ns == before
     assert main([*args[:-8], "--out", str(tmp_path / "b.pt"), "--input", "brightfield"]) == 2
     assert "does not match" in capsys.readouterr().err and not (tmp_path / "b.pt").exists()
+
+
+def test_a_tiled_image_is_scored_as_segment_tiles_it(binary_model):
+    # over 1024 px a side the image is cut into tiles; the worms cut by a tile edge merge among
+    # the detections kept, so each score threshold gets its own pass: still segment's result
+    image, masks = synthetic_worms(seed=5, shape=(300, 1100), render="binary")
+    sample = Sample(normalise(image, "binary"), masks, "wide")
+    rows = search_thresholds(binary_model, [sample], (0.3, 0.6), (0.3,), (0.3,))
+    assert len(rows) == 2 and min(r["n_pred"] for r in rows) > 1
+    for row in rows:
+        setting = {k: row[k] for k in KEYS}
+        found = segment(binary_model, sample.image, preprocessed=True, **setting)
+        summary = evaluate([(found.masks, found.scores)], [masks], per_image_ap=False).summary
+        assert row["avS"] == pytest.approx(summary["avS"]) and row["n_pred"] == len(found)

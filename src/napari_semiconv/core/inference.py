@@ -175,20 +175,13 @@ def segment_steps(
     else:
         grey = normalise(_check_image(image), model.config.input_mode, _device_of(model))
     height, width = grey.shape
-    if tile_size is None:
-        # one tile for ordinary images (at least tile_grid's 32-px floor: tiny images fit in it)
-        side = max(height, width)
-        tile_size = AUTO_TILE_SIZE if side > AUTO_TILE_SIZE else max(32, side)
-    tile_size, overlap = int(tile_size), int(overlap)
+    tile_size, overlap = _tile_side(height, width, tile_size), int(overlap)
     tile_grid(height, width, tile_size, overlap)  # bad tile settings fail before any work
     if float(grey.max()) == float(grey.min()):
         # a constant image carries nothing to segment; an untrained or weak detector could
         # still fire on it, so it is not shown to the network at all
         yield SegmentProgress(1, 1, "blank image: nothing to segment")
-        displacement = np.zeros((2, height, width), dtype=np.float32)
-        fg = np.zeros((height, width), np.float32) if model.config.foreground_width else None
-        empty = np.zeros((0, height, width), bool)
-        return Instances(empty, np.zeros(0, np.float32), displacement, fg)
+        return _no_worms(model, height, width)
     while True:
         try:
             keep_prob = _divides(model, divide_touching, use_foreground)
@@ -291,23 +284,52 @@ def detect(
     grey: np.ndarray,
     score_threshold: float = 0.05,
     mask_threshold: float | None = None,
+    tile_size: int | None = None,
+    overlap: int = 64,
 ) -> tuple[Instances, list[SoftMask | None]]:
     """The network's worms before the clean-up, with each worm's mask probability (uint8 on its
     RoI box): what :func:`segment` refines. For choosing the clean-up's settings
-    (``benchmarks/postprocess_sweep.py``): one pass, then ``core.refine.refine_instances`` with
-    any score threshold at or above ``score_threshold``, overlap limit and sharing out.
+    (``core.threshold_search``): one pass, then ``core.refine.refine_instances`` with any score
+    threshold at or above ``score_threshold``, overlap limit and sharing out.
 
-    ``grey``: the normalised (H, W) float32 image (``preprocessed=True`` in :func:`segment`),
-    at most ``AUTO_TILE_SIZE`` on a side (one tile).
+    ``grey``: the normalised (H, W) float32 image (``preprocessed=True`` in :func:`segment`);
+    ``tile_size`` and ``overlap`` as in :func:`segment_steps`. A constant image gives no worms,
+    as in :func:`segment`.
     """
     grey = np.asarray(grey, dtype=np.float32)
-    if grey.ndim != 2 or max(grey.shape) > AUTO_TILE_SIZE:
-        raise ValueError(f"detect takes one normalised (H, W) tile, got {grey.shape}")
+    if grey.ndim != 2:
+        raise ValueError(f"detect takes a normalised (H, W) image, got shape {grey.shape}")
     score_threshold, mask_threshold, _ = _resolve(model, score_threshold, mask_threshold, None)
-    side = max(32, *grey.shape)
+    height, width = grey.shape
+    if float(grey.max()) == float(grey.min()):
+        return _no_worms(model, height, width), []
+    tile_size = _tile_side(height, width, tile_size)
+    tile_grid(height, width, tile_size, int(overlap))  # bad tile settings fail here
     return _run_to_end(
-        _segment_tiles(model, grey, side, 0, 1, score_threshold, mask_threshold, True)
+        _segment_tiles(
+            model, grey, tile_size, int(overlap), 1, score_threshold, mask_threshold, True
+        )
     )
+
+
+def _no_worms(model: torch.nn.Module, height: int, width: int) -> Instances:
+    """The Instances of a constant image (never shown to the network)."""
+    fg = np.zeros((height, width), np.float32) if model.config.foreground_width else None
+    return Instances(
+        np.zeros((0, height, width), bool),
+        np.zeros(0, np.float32),
+        np.zeros((2, height, width), np.float32),
+        fg,
+    )
+
+
+def _tile_side(height: int, width: int, tile_size: int | None) -> int:
+    """The tile side: ``tile_size``, or for None one tile for ordinary images (at least
+    tile_grid's 32-px floor: tiny images fit in it) and ``AUTO_TILE_SIZE`` tiles beyond."""
+    if tile_size is not None:
+        return int(tile_size)
+    side = max(height, width)
+    return AUTO_TILE_SIZE if side > AUTO_TILE_SIZE else max(32, side)
 
 
 def _segment_tiles(

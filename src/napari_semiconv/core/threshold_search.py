@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from napari_semiconv.core.evaluation import evaluate
-from napari_semiconv.core.inference import detect, worm_foreground
+from napari_semiconv.core.inference import AUTO_TILE_SIZE, detect, worm_foreground
 from napari_semiconv.core.refine import FILL_MIN_COVER, POSTPROCESS_KEYS, refine_instances
 
 __all__ = ["METRICS", "best_setting", "search_thresholds", "with_thresholds"]
@@ -61,7 +61,8 @@ def search_thresholds(
     Args:
         model: from ``load_model``.
         samples: ``core.training_data.read_samples`` samples (``.image`` normalised for the
-            model's input mode, ``.masks`` (N, H, W) bool), each at most one tile (1024 px).
+            model's input mode, ``.masks`` (N, H, W) bool); images larger than 1024 px on a
+            side are tiled as ``segment`` tiles them.
         fill_covers / divides / use_foreground: the clean-up steps of a model that sees a
             foreground (binary input, bright-field cascade); ignored for the others.
         progress: called with (images done, images in all) as the network runs.
@@ -92,6 +93,7 @@ def search_thresholds(
             worm_foreground(f, s.image, mode) if use_foreground else None
             for (f, _), s in zip(found, samples, strict=True)
         ]
+        by_score = _per_score(model, samples, found, scores, mask_threshold)
         clip = any(fg is not None for fg in foregrounds)
         settings = itertools.product(
             scores,
@@ -101,7 +103,7 @@ def search_thresholds(
         )
         for score_threshold, max_overlap, min_cover, divide in settings:
             preds = []
-            for (f, soft), fg in zip(found, foregrounds, strict=True):
+            for (f, soft), fg in zip(by_score(score_threshold), foregrounds, strict=True):
                 keep = np.flatnonzero(f.scores >= score_threshold)
                 cover = FILL_MIN_COVER if min_cover is None else float(min_cover)
                 kept_soft = [soft[i] for i in keep] if divide else None
@@ -125,6 +127,36 @@ def search_thresholds(
                 }
             )
     return rows
+
+
+def _per_score(
+    model: torch.nn.Module,
+    samples: Sequence[Any],
+    found: list[tuple[Any, list]],
+    scores: list[float],
+    mask_threshold: float,
+) -> Callable[[float], list[tuple[Any, list]]]:
+    """The detections to filter at each score threshold. An image of one tile: the one pass at
+    the lowest threshold serves every threshold. A tiled image: pieces of worms cut by the tiles
+    are merged among the detections kept, so filtering after merging would differ from
+    ``segment``; it gets a pass of its own per threshold. Only the last threshold's pass is
+    kept (the settings come score by score), so big images do not pile up in memory."""
+    tiled = [max(s.image.shape) > AUTO_TILE_SIZE for s in samples]
+    if not any(tiled):
+        return lambda _score: found
+    last: dict[float, list[tuple[Any, list]]] = {min(scores): found}
+
+    def at(score: float) -> list[tuple[Any, list]]:
+        if score not in last:
+            passes = [
+                detect(model, s.image, score, mask_threshold) if t else f
+                for s, t, f in zip(samples, tiled, found, strict=True)
+            ]
+            last.clear()
+            last[score] = passes
+        return last[score]
+
+    return at
 
 
 def best_setting(rows: Sequence[dict[str, Any]], metric: str = "avS") -> dict[str, Any]:
