@@ -19,9 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", required=True, help="model name (see `models`) or checkpoint path")
     add_data_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--score-threshold", type=float, help="default: the model kind's")
-    p.add_argument("--mask-threshold", type=float, help="default: the model kind's")
-    p.add_argument("--max-overlap", type=float, help="default: the model kind's")
+    p.add_argument("--score-threshold", type=float, help="default: the model's own")
+    p.add_argument("--mask-threshold", type=float, help="default: the model's own")
+    p.add_argument("--max-overlap", type=float, help="default: the model's own")
     p.add_argument(
         "--no-foreground",
         dest="use_foreground",

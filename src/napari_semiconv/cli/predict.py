@@ -16,7 +16,7 @@ import numpy as np
 from napari_semiconv.core.refine import postprocess_defaults_of
 
 #: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
-#: model kind's, ``core.refine.postprocess_defaults``, recorded as numbers). A record
+#: model's own, ``core.refine.postprocess_defaults_of``, recorded as numbers). A record
 #: from before max_overlap existed is replayed as that run was made: no mask-overlap suppression
 #: and no use of a binary input's foreground; one from before divide_touching, without it.
 DEFAULTS = {

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from napari_semiconv.cli.common import add_data_arguments, split_wells
+from napari_semiconv.core.refine import SEARCH_GRID
 
 
 def _floats(text: str) -> list[float]:
@@ -31,9 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, help="the new checkpoint (.pt); never overwritten")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--metric", choices=["avS", "AP"], default="avS", help="choose by this")
-    p.add_argument("--score-thresholds", type=_floats, default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    p.add_argument("--mask-thresholds", type=_floats, default=[0.3, 0.4, 0.5])
-    p.add_argument("--max-overlaps", type=_floats, default=[0.2, 0.3, 0.5])
+    for flag, values in zip(("--score-thresholds", "--mask-thresholds", "--max-overlaps"),
+                            SEARCH_GRID, strict=True):  # fmt: skip
+        p.add_argument(flag, type=_floats, default=list(values), help="comma-separated")
     p.add_argument("--json", action="store_true", help="end with the chosen row as one JSON line")
     p.set_defaults(run=run)
     return p

@@ -13,23 +13,29 @@ from __future__ import annotations
 import platform
 import warnings
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_semiconv.core.detections import collect_candidates
-from napari_semiconv.core.measurements import labels_from_instances
-from napari_semiconv.core.model.foreground import FOREGROUND_THRESHOLD
+from napari_semiconv.core.detections import (
+    AUTO_TILE_SIZE,
+    Instances,
+    SegmentProgress,
+    collect_candidates,
+    detect,
+    detect_steps,
+    device_of,
+    model_thresholds,
+    no_worms,
+    run_to_end,
+    tile_side,
+    worm_foreground,
+)
 from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise, to_grey
-from napari_semiconv.core.refine import (
-    DEFAULT_SCORE_THRESHOLD,
-    postprocess_defaults_of,
-    refine_instances,
-)
+from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 
 __all__ = [
@@ -46,44 +52,6 @@ __all__ = [
     "segment",
     "segment_steps",
 ]
-
-#: With ``tile_size=None`` images larger than this on a side are tiled with tiles of this size.
-AUTO_TILE_SIZE = 1024
-
-
-@dataclass
-class Instances:
-    """Worms found in one image.
-
-    Attributes:
-        masks: (N, H, W) bool, one mask per worm; masks may overlap.
-        scores: (N,) float32 detection scores, decreasing.
-        displacement: (2, H, W) float32, Φ's first two dims (rows, cols) in pixels: every pixel
-            of worm k points to its centre c_k = u + Φ_u (eq. 4). Zeros for a baseline model.
-        foreground: (H, W) float32 worm probability of a bright-field cascade's U-Net (the map
-            its detector segmented), or None for a model without one.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    displacement: np.ndarray
-    foreground: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.masks.shape[0])
-
-    def labels(self) -> np.ndarray:
-        """(H, W) label image (uint16; uint32 beyond 65535 worms); overlaps: higher score wins."""
-        return labels_from_instances(self.masks, self.scores)
-
-
-@dataclass
-class SegmentProgress:
-    """A step of :func:`segment_steps`: ``done`` of ``total`` tiles processed."""
-
-    done: int
-    total: int
-    message: str
 
 
 def _check_image(image: Any) -> np.ndarray:
@@ -104,10 +72,6 @@ def _check_image(image: Any) -> np.ndarray:
             "(at least 16 pixels on a side)"
         )
     return grey
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def segment_steps(
@@ -163,7 +127,7 @@ def segment_steps(
         RuntimeError: out of memory even with 32-px tiles. Before that, out-of-memory errors
             make it retry with half the tile side, with a RuntimeWarning and a progress message.
     """
-    score_threshold, mask_threshold, max_overlap = _resolve(
+    score_threshold, mask_threshold, max_overlap = model_thresholds(
         model, score_threshold, mask_threshold, max_overlap
     )
     if int(batch_size) < 1:
@@ -173,19 +137,19 @@ def segment_steps(
         if grey.ndim != 2:
             raise ValueError(f"a preprocessed image must be (H, W), got {grey.shape}")
     else:
-        grey = normalise(_check_image(image), model.config.input_mode, _device_of(model))
+        grey = normalise(_check_image(image), model.config.input_mode, device_of(model))
     height, width = grey.shape
-    tile_size, overlap = _tile_side(height, width, tile_size), int(overlap)
+    tile_size, overlap = tile_side(height, width, tile_size), int(overlap)
     tile_grid(height, width, tile_size, overlap)  # bad tile settings fail before any work
     if float(grey.max()) == float(grey.min()):
         # a constant image carries nothing to segment; an untrained or weak detector could
         # still fire on it, so it is not shown to the network at all
         yield SegmentProgress(1, 1, "blank image: nothing to segment")
-        return _no_worms(model, height, width)
+        return no_worms(model, height, width)
     while True:
         try:
             keep_prob = _divides(model, divide_touching, use_foreground)
-            found, soft = yield from _segment_tiles(
+            found, soft = yield from detect_steps(
                 model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold,
                 keep_prob,
             )  # fmt: skip
@@ -200,7 +164,7 @@ def segment_steps(
         except torch.OutOfMemoryError as exc:
             # out of memory: free what the failed pass held and retry with half the tile side
             # (and one tile per pass); below the 32-px floor there is nothing left to try
-            if _device_of(model).type == "cuda":
+            if device_of(model).type == "cuda":
                 torch.cuda.empty_cache()
             smaller = min(tile_size, max(height, width)) // 2
             if smaller < 32:
@@ -209,33 +173,12 @@ def segment_steps(
                     "the cpu device, or close other programs using the GPU"
                 ) from exc
             message = (
-                f"out of memory with {tile_size}-px tiles on {_device_of(model)}; "
+                f"out of memory with {tile_size}-px tiles on {device_of(model)}; "
                 f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             yield SegmentProgress(0, 0, message)
             tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
-
-
-def _resolve(
-    model: torch.nn.Module,
-    score_threshold: float | None,
-    mask_threshold: float | None,
-    max_overlap: float | None,
-) -> tuple[float, float, float]:
-    """The given thresholds, or the model's own defaults where None (its card's, else its
-    kind's: ``core.refine.postprocess_defaults_of``)."""
-    defaults = postprocess_defaults_of(model.config.postprocess_kind, getattr(model, "card", None))
-    given = {
-        "score_threshold": score_threshold,
-        "mask_threshold": mask_threshold,
-        "max_overlap": max_overlap,
-    }
-    values = tuple(defaults[k] if v is None else float(v) for k, v in given.items())
-    for name, value in zip(given, values, strict=True):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return values
 
 
 def _divides(model: torch.nn.Module, divide_touching: bool, use_foreground: bool) -> bool:
@@ -269,138 +212,9 @@ def _refine(
     return Instances(masks, scores, found.displacement, found.foreground)
 
 
-def worm_foreground(found: Instances, grey: np.ndarray, input_mode: str) -> np.ndarray | None:
-    """The foreground the detector saw (bool (H, W)), or None: a cascade's U-Net map above
-    ``FOREGROUND_THRESHOLD``, a binary input's non-zero pixels of the normalised ``grey``."""
-    if found.foreground is not None:
-        return found.foreground > FOREGROUND_THRESHOLD
-    if input_mode == "binary":
-        return grey > 0.5
-    return None
-
-
-def detect(
-    model: torch.nn.Module,
-    grey: np.ndarray,
-    score_threshold: float = 0.05,
-    mask_threshold: float | None = None,
-    tile_size: int | None = None,
-    overlap: int = 64,
-) -> tuple[Instances, list[SoftMask | None]]:
-    """The network's worms before the clean-up, with each worm's mask probability (uint8 on its
-    RoI box): what :func:`segment` refines. For choosing the clean-up's settings
-    (``core.threshold_search``): one pass, then ``core.refine.refine_instances`` with any score
-    threshold at or above ``score_threshold``, overlap limit and sharing out.
-
-    ``grey``: the normalised (H, W) float32 image (``preprocessed=True`` in :func:`segment`);
-    ``tile_size`` and ``overlap`` as in :func:`segment_steps`. A constant image gives no worms,
-    as in :func:`segment`.
-    """
-    grey = np.asarray(grey, dtype=np.float32)
-    if grey.ndim != 2:
-        raise ValueError(f"detect takes a normalised (H, W) image, got shape {grey.shape}")
-    score_threshold, mask_threshold, _ = _resolve(model, score_threshold, mask_threshold, None)
-    height, width = grey.shape
-    if float(grey.max()) == float(grey.min()):
-        return _no_worms(model, height, width), []
-    tile_size = _tile_side(height, width, tile_size)
-    tile_grid(height, width, tile_size, int(overlap))  # bad tile settings fail here
-    return _run_to_end(
-        _segment_tiles(
-            model, grey, tile_size, int(overlap), 1, score_threshold, mask_threshold, True
-        )
-    )
-
-
-def _no_worms(model: torch.nn.Module, height: int, width: int) -> Instances:
-    """The Instances of a constant image (never shown to the network)."""
-    fg = np.zeros((height, width), np.float32) if model.config.foreground_width else None
-    return Instances(
-        np.zeros((0, height, width), bool),
-        np.zeros(0, np.float32),
-        np.zeros((2, height, width), np.float32),
-        fg,
-    )
-
-
-def _tile_side(height: int, width: int, tile_size: int | None) -> int:
-    """The tile side: ``tile_size``, or for None one tile for ordinary images (at least
-    tile_grid's 32-px floor: tiny images fit in it) and ``AUTO_TILE_SIZE`` tiles beyond."""
-    if tile_size is not None:
-        return int(tile_size)
-    side = max(height, width)
-    return AUTO_TILE_SIZE if side > AUTO_TILE_SIZE else max(32, side)
-
-
-def _segment_tiles(
-    model: torch.nn.Module,
-    grey: np.ndarray,
-    tile_size: int,
-    overlap: int,
-    batch_size: int,
-    score_threshold: float,
-    mask_threshold: float,
-    keep_prob: bool,
-) -> Generator[SegmentProgress, None, tuple[Instances, list[SoftMask | None]]]:
-    """One pass over the tiles of ``grey`` (see :func:`segment_steps`)."""
-    height, width = grey.shape
-    tiles = tile_grid(height, width, tile_size, overlap)
-    displacement = np.zeros((2, height, width), dtype=np.float32)
-    foreground = np.zeros((height, width), np.float32) if model.config.foreground_width else None
-    device = _device_of(model)
-    candidates: list[Candidate] = []
-    yield SegmentProgress(0, len(tiles), f"segmenting {len(tiles)} tile(s)")
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(tiles), batch_size):
-            batch = tiles[start : start + batch_size]
-            inputs = [
-                torch.from_numpy(np.ascontiguousarray(grey[t.y0 : t.y1, t.x0 : t.x1]))[None].to(
-                    device
-                )
-                for t in batch
-            ]
-            with (
-                torch.inference_mode(),
-                native_scale(model),
-                detection_threshold(model, score_threshold),
-            ):
-                outputs = model(inputs)
-            for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
-                collect_candidates(
-                    candidates, start + offset, tile, out, score_threshold, mask_threshold,
-                    keep_prob,
-                )  # fmt: skip
-                core = (
-                    slice(tile.cy0 - tile.y0, tile.cy1 - tile.y0),
-                    slice(tile.cx0 - tile.x0, tile.cx1 - tile.x0),
-                )
-                phi = out["displacement"].float().cpu().numpy()
-                displacement[:, tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = phi[:, core[0], core[1]]
-                if foreground is not None:
-                    fg = out["foreground"].float().cpu().numpy()
-                    foreground[tile.cy0 : tile.cy1, tile.cx0 : tile.cx1] = fg[core]
-            done = min(start + batch_size, len(tiles))
-            yield SegmentProgress(done, len(tiles), f"tile {done}/{len(tiles)}")
-    finally:
-        model.train(was_training)
-    masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
-    return Instances(masks, scores, displacement, foreground), soft
-
-
 def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instances:
     """Segment ``image`` in one call; the arguments are :func:`segment_steps`'s."""
-    return _run_to_end(segment_steps(model, image, **kwargs))
-
-
-def _run_to_end(steps: Generator[SegmentProgress, None, Any]) -> Any:
-    """Run a progress generator to its end and return its value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(segment_steps(model, image, **kwargs))
 
 
 def segment_batch(
@@ -416,11 +230,11 @@ def segment_batch(
     Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
     through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
     """
-    score_threshold, mask_threshold, max_overlap = _resolve(
+    score_threshold, mask_threshold, max_overlap = model_thresholds(
         model, score_threshold, mask_threshold, max_overlap
     )
     keep_prob = _divides(model, divide_touching, True)
-    device = _device_of(model)
+    device = device_of(model)
     greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]
     for i, grey in enumerate(greys):
         if max(grey.shape) > AUTO_TILE_SIZE:
@@ -468,7 +282,7 @@ def run_info(
     from napari_semiconv import __version__
 
     if device is None:
-        device = _device_of(model)
+        device = device_of(model)
     card = getattr(model, "card", {}) or {}
     return {
         "model": {

@@ -28,12 +28,14 @@ __all__ = [
     "FILL_MIN_COVER",
     "POSTPROCESS_DEFAULTS",
     "POSTPROCESS_KEYS",
+    "SEARCH_GRID",
     "clip_to_foreground",
     "fill_lone_worms",
     "mask_boxes",
     "postprocess_defaults",
     "postprocess_defaults_of",
     "refine_instances",
+    "resolve_thresholds",
     "suppress_overlaps",
 ]
 
@@ -53,6 +55,9 @@ POSTPROCESS_DEFAULTS: dict[str, dict[str, float]] = {
     "cascade": {"score_threshold": 0.7, "mask_threshold": 0.4, "max_overlap": 0.3},
 }
 POSTPROCESS_KEYS = ("score_threshold", "mask_threshold", "max_overlap")
+#: the values ``core.threshold_search`` tries by default, in POSTPROCESS_KEYS order: around
+#: every kind's defaults above
+SEARCH_GRID = ((0.3, 0.4, 0.5, 0.6, 0.7), (0.3, 0.4, 0.5), (0.2, 0.3, 0.5))
 #: fill_lone_worms's min_cover in `segment` (binary input), chosen on the same training wells.
 FILL_MIN_COVER = 0.5
 
@@ -85,6 +90,28 @@ def postprocess_defaults_of(kind: str, card: dict | None) -> dict[str, float]:
         ):
             defaults.update({k: float(v) for k, v in values.items()})
     return defaults
+
+
+def resolve_thresholds(
+    kind: str,
+    card: dict | None,
+    score_threshold: float | None,
+    mask_threshold: float | None,
+    max_overlap: float | None,
+) -> tuple[float, float, float]:
+    """(score threshold, mask threshold, max overlap): the given values, the model's own
+    defaults (:func:`postprocess_defaults_of`) where None.
+
+    Raises:
+        ValueError: a value outside [0, 1], named.
+    """
+    defaults = postprocess_defaults_of(kind, card)
+    given = dict(zip(POSTPROCESS_KEYS, (score_threshold, mask_threshold, max_overlap), strict=True))
+    values = tuple(defaults[k] if v is None else float(v) for k, v in given.items())
+    for name, value in zip(given, values, strict=True):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return values
 
 
 def clip_to_foreground(

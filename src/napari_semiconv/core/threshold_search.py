@@ -26,12 +26,23 @@ import torch
 
 from napari_semiconv.core.evaluation import evaluate
 from napari_semiconv.core.inference import AUTO_TILE_SIZE, detect, worm_foreground
-from napari_semiconv.core.refine import FILL_MIN_COVER, POSTPROCESS_KEYS, refine_instances
+from napari_semiconv.core.refine import (
+    FILL_MIN_COVER,
+    POSTPROCESS_KEYS,
+    SEARCH_GRID,
+    refine_instances,
+)
 
-__all__ = ["METRICS", "best_setting", "search_thresholds", "with_thresholds"]
+__all__ = [
+    "METRICS",
+    "best_setting",
+    "search_thresholds",
+    "with_thresholds",
+]
 
 #: what a setting can be chosen by (``core.evaluation`` summary keys)
 METRICS = ("avS", "AP")
+SCORE_THRESHOLDS, MASK_THRESHOLDS, MAX_OVERLAPS = SEARCH_GRID
 _REPORTED = ("AP", "AP50", "AP75", "avS", "S50", "S90")
 
 
@@ -48,9 +59,9 @@ def _check_grid(name: str, values: Sequence[float]) -> list[float]:
 def search_thresholds(
     model: torch.nn.Module,
     samples: Sequence[Any],
-    score_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7),
-    mask_thresholds: Sequence[float] = (0.3, 0.4, 0.5),
-    max_overlaps: Sequence[float] = (0.2, 0.3, 0.5),
+    score_thresholds: Sequence[float] = SCORE_THRESHOLDS,
+    mask_thresholds: Sequence[float] = MASK_THRESHOLDS,
+    max_overlaps: Sequence[float] = MAX_OVERLAPS,
     fill_covers: Sequence[float] = (FILL_MIN_COVER,),
     divides: Sequence[bool] = (True,),
     use_foreground: bool = True,
@@ -102,10 +113,10 @@ def search_thresholds(
             divides if clip else [False],
         )
         for score_threshold, max_overlap, min_cover, divide in settings:
+            cover = FILL_MIN_COVER if min_cover is None else float(min_cover)
             preds = []
             for (f, soft), fg in zip(by_score(score_threshold), foregrounds, strict=True):
                 keep = np.flatnonzero(f.scores >= score_threshold)
-                cover = FILL_MIN_COVER if min_cover is None else float(min_cover)
                 kept_soft = [soft[i] for i in keep] if divide else None
                 preds.append(
                     refine_instances(

@@ -134,11 +134,11 @@ class ModelPicker:
         self.row.addWidget(refresh)
         self._cards: dict[str, str] = {}
         # each listed model's own post-processing defaults (its card's, else its kind's)
-        self._modes: dict[str, dict[str, float] | None] = {}
+        self._defaults: dict[str, dict[str, float] | None] = {}
         self._last: str | None = None  # the last real model chosen, restored after a refusal
-        self._last_mode: dict[str, float] | None = None
+        self._last_defaults: dict[str, float] | None = None
         #: called with the chosen model's threshold defaults whenever they change
-        self.on_mode_change: Callable[[dict[str, float]], None] | None = None
+        self.on_defaults_change: Callable[[dict[str, float]], None] | None = None
 
     def refresh(self, *_: Any) -> None:
         """Re-read the models, keeping browsed files and the current choice."""
@@ -156,7 +156,7 @@ class ModelPicker:
             if row.get("installed"):
                 self.combo.addItem(f"{row['name']} ({row['kind']})", row["name"])
                 self._cards[row["name"]] = card_text(row)
-                self._modes[row["name"]] = _defaults(row.get("config"), row.get("card"))
+                self._defaults[row["name"]] = _model_defaults(row.get("config"), row.get("card"))
         for path in browsed:
             self.combo.addItem(f"file: {Path(path).name}", path)
         self.combo.addItem(BROWSE, None)
@@ -183,7 +183,7 @@ class ModelPicker:
                 show_error(f"Cannot use this model: {exc}")
                 return False
             self._cards[key] = card_text({"card": ckpt.card, "config": ckpt.config.to_dict()})
-            self._modes[key] = _defaults(ckpt.config.to_dict(), ckpt.card)
+            self._defaults[key] = _model_defaults(ckpt.config.to_dict(), ckpt.card)
             index = self.combo.count() - 1  # before "Browse…"
             self.combo.insertItem(index, f"file: {Path(key).name}", key)
         self.combo.setCurrentIndex(index)
@@ -210,14 +210,14 @@ class ModelPicker:
         if key is not None:
             self._last = key
         self.card_label.setText(self._cards.get(key, "") if key else "No model chosen.")
-        mode = self._modes.get(key) if key else None
-        if mode and mode != self._last_mode:
-            self._last_mode = mode
-            if self.on_mode_change is not None:
-                self.on_mode_change(mode)
+        defaults = self._defaults.get(key) if key else None
+        if defaults and defaults != self._last_defaults:
+            self._last_defaults = defaults
+            if self.on_defaults_change is not None:
+                self.on_defaults_change(defaults)
 
 
-def _defaults(config: dict | None, card: dict | None) -> dict[str, float] | None:
+def _model_defaults(config: dict | None, card: dict | None) -> dict[str, float] | None:
     """A listed model's threshold defaults, or None when its config names no known kind."""
     try:
         return postprocess_defaults_of(postprocess_kind(config or {}), card)

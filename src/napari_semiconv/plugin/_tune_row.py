@@ -13,14 +13,13 @@ from typing import Any
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton
 
+from ..core.refine import POSTPROCESS_KEYS as KEYS
 from ._finetune_pairs import fill_combo, layer_data
 from ._threading import worker_for
 from ._tune_worker import TuneRequest, TuneResult, run_tuning
 from ._workers import ModelCache, RunUpdate
 
 logger = logging.getLogger(__name__)
-
-KEYS = ("score_threshold", "mask_threshold", "max_overlap")
 
 
 class ThresholdTuner:

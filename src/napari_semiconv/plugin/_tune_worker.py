@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.refine import SEARCH_GRID
 from ._workers import ModelCache, RunUpdate
 
-MASK_THRESHOLDS = (0.3, 0.4, 0.5)
-SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MAX_OVERLAPS = (0.2, 0.3, 0.5)
+SCORE_THRESHOLDS, MASK_THRESHOLDS, MAX_OVERLAPS = SEARCH_GRID
 
 
 @dataclass(frozen=True)

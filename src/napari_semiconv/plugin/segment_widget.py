@@ -95,7 +95,7 @@ class SegmentWidget(QWidget):
         form.addRow("Max overlap", self.overlap_spin)
         self.tuner = ThresholdTuner(self)
         form.addRow("Truth", self.tuner.row)
-        self.models.on_mode_change = self._apply_mode_defaults
+        self.models.on_defaults_change = self._apply_model_defaults
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
         self.tile_spin.setSingleStep(64)
@@ -144,7 +144,7 @@ class SegmentWidget(QWidget):
         if device:
             self.device_combo.setCurrentText(device)
 
-    def _apply_mode_defaults(self, defaults: dict[str, float]) -> None:
+    def _apply_model_defaults(self, defaults: dict[str, float]) -> None:
         """Set the thresholds to the chosen model's own defaults (its card's, else its kind's)."""
         self.score_spin.setValue(defaults["score_threshold"])
         self.mask_spin.setValue(defaults["mask_threshold"])

@@ -29,7 +29,7 @@ def detector_input_mode(config: dict[str, Any]) -> str:
 def postprocess_kind(config: dict[str, Any]) -> str:
     """Which post-processing defaults a config dict's model gets (``core.refine``): "cascade"
     for a bright-field cascade (its detector sees the U-Net's map), else its input mode."""
-    return "cascade" if config.get("foreground_width") else str(config.get("input_mode", ""))
+    return "cascade" if config.get("foreground_width") else detector_input_mode(config)
 
 
 @dataclass
