@@ -9,7 +9,11 @@ import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from napari_semiconv.core.model.builder import build_model, load_baseline_weights
+from napari_semiconv.core.model.builder import (
+    build_model,
+    load_baseline_weights,
+    load_without_embedding,
+)
 from napari_semiconv.core.model.config import ModelConfig
 from napari_semiconv.core.model.embedding import (
     EmbeddingHead,
@@ -331,6 +335,28 @@ def test_load_baseline_weights_keeps_new_head_fresh():
     other = build_model(tiny_config(semiconv=False, mask_head_width=64))
     with pytest.raises(ValueError, match="do not fit"):
         load_baseline_weights(model, other.state_dict())
+
+
+def test_load_without_embedding_carries_all_but_the_semiconv_tensors():
+    torch.manual_seed(0)
+    semiconv = build_model(tiny_config())
+    plain = build_model(tiny_config(semiconv=False))
+    dropped = load_without_embedding(plain, semiconv.state_dict())
+    assert "roi_heads.sigma.log_sigma" in dropped
+    assert all(k.startswith(("embedding_head.", "roi_heads.sigma.")) for k in dropped)
+    state = plain.state_dict()
+    assert set(state) == set(semiconv.state_dict()) - set(dropped)
+    for key, value in state.items():
+        assert torch.equal(value, semiconv.state_dict()[key]), key
+    # the plain model has no embedding to show: its displacement arrows are all zero
+    plain.eval()
+    image, _ = worm_sample()
+    with torch.no_grad():
+        out = plain([image])[0]
+    assert not out["displacement"].any()
+    wider = build_model(tiny_config(mask_head_width=64))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_without_embedding(plain, wider.state_dict())
 
 
 def test_missing_targets_and_bad_images_are_clear_errors():

@@ -169,6 +169,20 @@ def test_baseline_then_two_stage_semiconv(samples, tmp_path):
     assert "loss_embedding" in events[1].losses
 
 
+def test_plain_from_a_semiconv_checkpoint(samples, tmp_path):
+    # the ablation's plain arm: a semi-conv model's weights without its embedding head and σ
+    events = list(train(_config(samples, tmp_path, iterations=1, out=str(tmp_path / "sc.pt"))))
+    assert "loss_embedding" in events[1].losses
+    plain = _config(
+        samples, tmp_path, model=tiny_model_config(semiconv=False), iterations=1,
+        base=str(tmp_path / "sc.pt"), out=str(tmp_path / "plain.pt"),
+    )  # fmt: skip
+    events = list(train(plain))
+    assert "semi-conv tensors left out" in events[0].message
+    assert "loss_embedding" not in events[1].losses
+    assert not any(k.startswith("embedding_head.") for k in events[-1].model.state_dict())
+
+
 def test_heads_only_leaves_backbone_untouched(samples, tmp_path):
     # a worm-free image in the data is a valid negative example, augmented or not
     empty = Sample(np.zeros((112, 112), np.float32), np.zeros((0, 112, 112), bool), "empty")

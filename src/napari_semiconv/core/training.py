@@ -35,7 +35,11 @@ from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.devices import bf16_autocast_pays
 from napari_semiconv.core.distributed import ProcessGroup
-from napari_semiconv.core.model.builder import build_model, load_baseline_weights
+from napari_semiconv.core.model.builder import (
+    build_model,
+    load_baseline_weights,
+    load_without_embedding,
+)
 from napari_semiconv.core.training_config import (
     TrainConfig,
     TrainingDiverged,
@@ -92,6 +96,9 @@ def _prepare_model(config: TrainConfig) -> tuple[torch.nn.Module, dict | None, l
         if config.model.semiconv and not base.config.semiconv:
             fresh = load_baseline_weights(model, base.state_dict)
             notes.append(f"two-stage: baseline {config.base} + fresh {len(fresh)} tensors")
+        elif base.config.semiconv and not config.model.semiconv:
+            dropped = load_without_embedding(model, base.state_dict)
+            notes.append(f"plain from {config.base}: its {len(dropped)} semi-conv tensors left out")
         else:
             model.load_state_dict(base.state_dict)
             notes.append(f"fine-tuning {config.base}")

@@ -293,6 +293,10 @@ def build_model(config: ModelConfig) -> SemiConvMaskRCNN:
     return SemiConvMaskRCNN(config)
 
 
+# The tensors a semi-conv model has on top of torchvision's Mask R-CNN.
+_SEMICONV_ONLY = ("embedding_head.", "roi_heads.sigma.")
+
+
 def load_baseline_weights(
     model: SemiConvMaskRCNN, state_dict: Mapping[str, torch.Tensor]
 ) -> list[str]:
@@ -311,7 +315,7 @@ def load_baseline_weights(
         k for k in set(state_dict) & set(own) if tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
     new_keys = sorted(set(own) - set(state_dict))
-    missing = [k for k in new_keys if not k.startswith(("embedding_head.", "roi_heads.sigma."))]
+    missing = [k for k in new_keys if not k.startswith(_SEMICONV_ONLY)]
     if unexpected or mismatched or missing:
         raise ValueError(
             "the baseline weights do not fit this model (another backbone or head widths?): "
@@ -320,3 +324,33 @@ def load_baseline_weights(
         )
     model.load_state_dict(dict(state_dict), strict=False)
     return new_keys
+
+
+def load_without_embedding(
+    model: SemiConvMaskRCNN, state_dict: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Start a plain Mask R-CNN from a semi-conv checkpoint: the ablation's other arm.
+
+    The semi-conv model is Mask R-CNN plus the embedding head and σ (its mask head has the same
+    shape; eq. 10 only adds −‖Ψ_u − Ψ_s‖/σ to its logits), so every other tensor carries over.
+
+    Returns:
+        the checkpoint's keys left out (embedding head and σ), sorted.
+    Raises:
+        ValueError: keys other than the embedding head / σ do not fit (another architecture).
+    """
+    own = model.state_dict()
+    dropped = sorted(k for k in set(state_dict) - set(own) if k.startswith(_SEMICONV_ONLY))
+    unexpected = sorted(set(state_dict) - set(own) - set(dropped))
+    missing = sorted(set(own) - set(state_dict))
+    mismatched = sorted(
+        k for k in set(state_dict) & set(own) if tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    if unexpected or missing or mismatched:
+        raise ValueError(
+            "the semi-conv weights do not fit this plain model (another backbone or head "
+            f"widths?): unexpected keys {unexpected[:5]}, missing keys {missing[:5]}, "
+            f"shape mismatches {mismatched[:5]}"
+        )
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own})
+    return dropped
