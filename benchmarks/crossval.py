@@ -14,6 +14,11 @@ or, with ``--foreground-budget S``, the three stages for 35 / 35 / 30 % of S sec
 GPU session's 15 minutes need), and ``evaluate`` scores the cascade on the fold's held-out wells
 with segment's defaults.
 
+``binary-twostage`` (the paper's ablation schedule, sec. 4.4) runs after binary-plain, on the
+same folds: each fold's plain model trains ``--stage2-steps`` more, once plain and once with the
+embedding head and σ attached fresh, with otherwise identical settings; the rows
+``binary-twostage-plain`` and ``binary-twostage-semiconv`` compare them.
+
 Example (what produced docs/benchmarks.md, on one H100):
     python benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
         --recipes binary-semiconv,binary-plain,brightfield-semiconv --time-budget 330
@@ -41,6 +46,9 @@ RECIPES = {
 #: worms-brightfield's recipe: per fold, a foreground U-Net trained on that fold's training wells
 #: in front of that fold's binary-semiconv detector (so binary-semiconv must run on the same folds)
 CASCADE = "brightfield-cascade"
+#: the paper's ablation schedule: per fold, binary-plain's model trained --stage2-steps more,
+#: plain ("-plain") and with the embedding attached fresh ("-semiconv"), identical otherwise
+TWO_STAGE = "binary-twostage"
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "avS", "S50", "S60", "S70", "S80", "S90")
 
 
@@ -88,69 +96,57 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds per fold for the three U-Net stages (35/35/30 %%) instead of the step counts",
     )
+    p.add_argument(
+        "--stage2-steps",
+        type=int,
+        default=1000,
+        help=f"{TWO_STAGE}: steps of each arm after binary-plain's time budget",
+    )
     args = p.parse_args(argv)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recipes = [r for r in args.recipes.split(",") if r]
     for spec in recipes:
-        if spec.split(":")[0] not in (*RECIPES, CASCADE):
-            p.error(f"unknown recipe {spec!r}; choose from {sorted((*RECIPES, CASCADE))}")
+        if spec.split(":")[0] not in (*RECIPES, CASCADE, TWO_STAGE):
+            known = sorted((*RECIPES, CASCADE, TWO_STAGE))
+            p.error(f"unknown recipe {spec!r}; choose from {known}")
     cascade_folds = [f for s in recipes if s.split(":")[0] == CASCADE
                      for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
     binary_folds = [f for s in recipes if s.split(":")[0] == "binary-semiconv"
                     for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
     if set(cascade_folds) - set(binary_folds):
         p.error(f"{CASCADE} needs binary-semiconv on the same folds ({sorted(cascade_folds)})")
+    two_stage_folds = [f for s in recipes if s.split(":")[0] == TWO_STAGE
+                       for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
+    plain_folds = [f for s in recipes if s.split(":")[0] == "binary-plain"
+                   for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
+    if set(two_stage_folds) - set(plain_folds):
+        p.error(f"{TWO_STAGE} needs binary-plain on the same folds ({sorted(two_stage_folds)})")
 
     t0 = time.time()
     procs = []
     for spec in recipes:
         r, folds = _recipe_folds(spec, args.folds)
-        if r == CASCADE:
-            continue  # needs the detectors: trained below
+        if r in (CASCADE, TWO_STAGE):
+            continue  # needs the detectors / the plain models: trained below
         mode, semiconv = RECIPES[r]
         for fold in folds:
-            # the trainer names fold i of --out X.pt as X.fold<i>.pt
-            ckpt = out / f"{r}.fold{fold}.pt"
-            cmd = _cli(
-                "train", "--data", args.data, "--layout", "bbbc010", "--input", mode,
-                "--backbone", args.backbone, "--iterations", str(args.iterations),
-                "--time-budget", str(args.time_budget), "--batch-size", str(args.batch_size),
-                "--lr", str(args.lr), "--folds", str(args.folds), "--fold", str(fold),
-                "--device", args.device, "--out", str(out / f"{r}.pt"),
-                "--checkpoint-every", "1000000",
-            )  # fmt: skip
-            cmd += ["--crop", str(args.crop)]
-            if args.synthetic:
-                cmd += ["--synthetic", str(args.synthetic)]
-            if not semiconv:
-                cmd.append("--no-semiconv")
-            cmd += args.extra.split()
-            log = open(out / f"{r}.fold{fold}.train.log", "w")  # noqa: SIM115
-            procs.append(
-                (r, fold, ckpt, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-            )
-    for r, fold, _, proc in procs:
-        rc = proc.wait()
-        print(f"[crossval] train {r} fold {fold}: exit {rc}", flush=True)
+            length = ["--iterations", str(args.iterations), "--time-budget", str(args.time_budget)]
+            procs.append(_train(args, out, r, mode, semiconv, fold, length))
+    results: dict[str, list[dict]] = {}
+    _collect(procs, results)
     train_s = time.time() - t0
 
-    # the trainer validates on the held-out wells of its fold when it stops (segment's default
-    # thresholds, i.e. what a user gets) and records the metrics in the checkpoint's model card
-    from napari_semiconv.core.checkpoint import CheckpointError, load_checkpoint
-
-    results: dict[str, list[dict]] = {}
-    for r, fold, ckpt, _ in procs:
-        try:
-            card = load_checkpoint(ckpt).card
-        except CheckpointError as exc:
-            print(f"[crossval] {r} fold {fold}: {exc}", flush=True)
-            continue
-        res = dict(card.get("metrics") or {})
-        res.update(fold=fold, steps=card.get("step"), val_wells=card["data"]["val_names"])
-        results.setdefault(r, []).append(res)
-        print(f"[crossval] {r} fold {fold}: {json.dumps(res)}", flush=True)
+    # the paper's schedule (sec. 4.4): each fold's plain model continued, plain or with the
+    # embedding attached, for the same number of steps; all folds and both arms in parallel,
+    # alongside the cascade folds below
+    stage2 = ["--iterations", str(args.stage2_steps), "--warmup", "10"]
+    procs = []
+    for fold in two_stage_folds:
+        base = ["--base", str(out / f"binary-plain.fold{fold}.pt")]
+        for arm, semiconv in ((f"{TWO_STAGE}-plain", False), (f"{TWO_STAGE}-semiconv", True)):
+            procs.append(_train(args, out, arm, "binary", semiconv, fold, stage2 + base))
 
     # the cascade folds in parallel (each a chain of subprocesses): sequential, five folds of
     # three U-Net stages would not fit a GPU session
@@ -160,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if res is not None:
             results.setdefault(CASCADE, []).append(res)
             print(f"[crossval] {CASCADE} fold {fold}: {json.dumps(res)}", flush=True)
+    _collect(procs, results)
 
     summary = {}
     for r, rows in results.items():
@@ -194,6 +191,57 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(json.dumps({"summary": summary, "train_wall_s": train_s}))
     return 0
+
+
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    name: str,
+    mode: str,
+    semiconv: bool,
+    fold: int,
+    length: list[str],
+) -> tuple[str, int, Path, subprocess.Popen]:
+    """Start one (recipe, fold) training process; its checkpoint is <out>/<name>.fold<fold>.pt
+    (the trainer names fold i of --out X.pt as X.fold<i>.pt)."""
+    cmd = _cli(
+        "train", "--data", args.data, "--layout", "bbbc010", "--input", mode,
+        "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--folds", str(args.folds), "--fold", str(fold), "--device", args.device,
+        "--out", str(out / f"{name}.pt"), "--checkpoint-every", "1000000",
+        "--crop", str(args.crop),
+    )  # fmt: skip
+    if "--base" not in length:
+        cmd += ["--backbone", args.backbone]
+    if args.synthetic:
+        cmd += ["--synthetic", str(args.synthetic)]
+    if not semiconv:
+        cmd.append("--no-semiconv")
+    cmd += args.extra.split() + length  # the later --warmup wins
+    log = open(out / f"{name}.fold{fold}.train.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return name, fold, out / f"{name}.fold{fold}.pt", proc
+
+
+def _collect(procs: list, results: dict[str, list[dict]]) -> None:
+    """Wait for the training processes and add each one's held-out metrics to ``results``: the
+    trainer validates on its fold's held-out wells when it stops (segment's default thresholds,
+    i.e. what a user gets) and records them in the checkpoint's model card."""
+    from napari_semiconv.core.checkpoint import CheckpointError, load_checkpoint
+
+    for r, fold, _, proc in procs:
+        rc = proc.wait()
+        print(f"[crossval] train {r} fold {fold}: exit {rc}", flush=True)
+    for r, fold, ckpt, _ in procs:
+        try:
+            card = load_checkpoint(ckpt).card
+        except CheckpointError as exc:
+            print(f"[crossval] {r} fold {fold}: {exc}", flush=True)
+            continue
+        res = dict(card.get("metrics") or {})
+        res.update(fold=fold, steps=card.get("step"), val_wells=card["data"]["val_names"])
+        results.setdefault(r, []).append(res)
+        print(f"[crossval] {r} fold {fold}: {json.dumps(res)}", flush=True)
 
 
 def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None:

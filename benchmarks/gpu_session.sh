@@ -8,6 +8,7 @@
 # need worms-binary.pt left behind (see benchmarks/gpu_fold0.sh) and SPEED_MODELS=worms-brightfield
 # (the cascade holds its own copy of the binary detector; the CV trains its own detectors).
 #   BUDGET=300 bash benchmarks/gpu_session.sh      (BUDGET=0: the speed measurements only)
+#   RECIPES=binary-plain,binary-twostage STAGE2_STEPS=1000 ...   (the paper's ablation schedule)
 # Time line (15 device minutes in all, the machine's start included): speed ~1.5 min, the
 # detectors BUDGET s in parallel plus their validation, then the five cascade folds in parallel,
 # FG_BUDGET s of U-Net training each (three stages) plus their evaluation (~1 min).
@@ -25,7 +26,8 @@ python3 benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
   --recipes "${RECIPES:-binary-semiconv,binary-plain,brightfield-cascade}" \
   --time-budget "${BUDGET:-300}" --device "${DEVICE:-cuda}" --batch-size "${BATCH:-4}" \
   --crop "${CROP:-0}" --lr "${LR:-0.01}" --extra "${EXTRA:-}" \
-  --foreground-budget "${FG_BUDGET:-150}" 2>&1 | tee runs/crossval.log
+  --foreground-budget "${FG_BUDGET:-150}" --stage2-steps "${STAGE2_STEPS:-1000}" \
+  2>&1 | tee runs/crossval.log
 for r in binary brightfield; do
   if [ -f "runs/cv/$r-semiconv.fold0.pt" ]; then
     python3 benchmarks/make_bundled.py strip "runs/cv/$r-semiconv.fold0.pt" "runs/worms-$r.pt"

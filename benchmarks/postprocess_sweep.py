@@ -53,6 +53,13 @@ def main() -> None:
         choices=["on", "off", "both"],
         help="share out the pixels of touching worms (as segment does by default)",
     )
+    p.add_argument(
+        "--box-nms",
+        type=_floats,
+        default=[],
+        help="box NMS IoU thresholds of the RoI heads to try (default: the model's); the "
+        "network runs again for each",
+    )
     p.add_argument("--no-clip", action="store_true", help="do not use the foreground")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json-out", help="write every row here")
@@ -64,16 +71,22 @@ def main() -> None:
     samples = read_samples(args.data, "bbbc010", mode, args.wells.split(","))
     divides = {"on": [True], "off": [False], "both": [True, False]}[args.divide]
     started = time.perf_counter()
-    rows = search_thresholds(
-        model,
-        samples,
-        args.score_thresholds,
-        args.mask_thresholds,
-        args.max_overlaps,
-        fill_covers=args.fill_covers,
-        divides=divides,
-        use_foreground=not args.no_clip,
-    )
+    rows = []
+    # the box NMS runs inside the network (torchvision's RoIHeads.nms_thresh), before the
+    # mask-overlap suppression of the clean-up: crossing worms have overlapping boxes
+    for box_nms in args.box_nms or [model.roi_heads.nms_thresh]:
+        model.roi_heads.nms_thresh = box_nms
+        found = search_thresholds(
+            model,
+            samples,
+            args.score_thresholds,
+            args.mask_thresholds,
+            args.max_overlaps,
+            fill_covers=args.fill_covers,
+            divides=divides,
+            use_foreground=not args.no_clip,
+        )
+        rows += [{**row, "box_nms": box_nms} for row in found]
     for row in rows:
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["avS"])
