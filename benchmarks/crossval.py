@@ -111,18 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         if spec.split(":")[0] not in (*RECIPES, CASCADE, TWO_STAGE):
             known = sorted((*RECIPES, CASCADE, TWO_STAGE))
             p.error(f"unknown recipe {spec!r}; choose from {known}")
-    cascade_folds = [f for s in recipes if s.split(":")[0] == CASCADE
-                     for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
-    binary_folds = [f for s in recipes if s.split(":")[0] == "binary-semiconv"
-                    for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
-    if set(cascade_folds) - set(binary_folds):
-        p.error(f"{CASCADE} needs binary-semiconv on the same folds ({sorted(cascade_folds)})")
-    two_stage_folds = [f for s in recipes if s.split(":")[0] == TWO_STAGE
-                       for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
-    plain_folds = [f for s in recipes if s.split(":")[0] == "binary-plain"
-                   for f in _recipe_folds(s, args.folds)[1]]  # fmt: skip
-    if set(two_stage_folds) - set(plain_folds):
-        p.error(f"{TWO_STAGE} needs binary-plain on the same folds ({sorted(two_stage_folds)})")
+    # recipes built on another recipe's fold models need that recipe on the same folds
+    cascade_folds = _folds_of(recipes, CASCADE, args.folds)
+    two_stage_folds = _folds_of(recipes, TWO_STAGE, args.folds)
+    for name, needs in ((CASCADE, "binary-semiconv"), (TWO_STAGE, "binary-plain")):
+        folds = _folds_of(recipes, name, args.folds)
+        if set(folds) - set(_folds_of(recipes, needs, args.folds)):
+            p.error(f"{name} needs {needs} on the same folds ({sorted(folds)})")
 
     t0 = time.time()
     procs = []
@@ -309,6 +304,11 @@ def _steps_of(cascade: Path) -> int:
     except CheckpointError:
         return 0
     return int((card.get("foreground_training") or {}).get("steps") or 0)
+
+
+def _folds_of(recipes: list[str], name: str, k: int) -> list[int]:
+    """The folds the recipe ``name`` trains in ``recipes`` (none if it is not there)."""
+    return [f for spec in recipes if spec.split(":")[0] == name for f in _recipe_folds(spec, k)[1]]
 
 
 def _recipe_folds(spec: str, k: int) -> tuple[str, list[int]]:
