@@ -297,6 +297,38 @@ def build_model(config: ModelConfig) -> SemiConvMaskRCNN:
 _SEMICONV_ONLY = ("embedding_head.", "roi_heads.sigma.")
 
 
+def _load_shared(
+    model: SemiConvMaskRCNN,
+    state_dict: Mapping[str, torch.Tensor],
+    what: str,
+    model_has_more: bool,
+) -> list[str]:
+    """Load the tensors ``model`` and ``state_dict`` share; the semi-conv tensors may be on one
+    side only (the model's when ``model_has_more``, else the checkpoint's) and are returned.
+
+    Raises:
+        ValueError: any other key on one side only, or shapes that differ (another backbone or
+            head widths).
+    """
+    own = model.state_dict()
+    extra = sorted(set(state_dict) - set(own))
+    lacking = sorted(set(own) - set(state_dict))
+    mismatched = sorted(
+        k for k in set(state_dict) & set(own) if tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    one_sided = lacking if model_has_more else extra
+    unexpected = [k for k in extra if not (k in one_sided and k.startswith(_SEMICONV_ONLY))]
+    missing = [k for k in lacking if not (k in one_sided and k.startswith(_SEMICONV_ONLY))]
+    if unexpected or mismatched or missing:
+        raise ValueError(
+            f"the {what} weights do not fit this model (another backbone or head widths?): "
+            f"unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}, "
+            f"missing keys {missing[:5]}"
+        )
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return one_sided
+
+
 def load_baseline_weights(
     model: SemiConvMaskRCNN, state_dict: Mapping[str, torch.Tensor]
 ) -> list[str]:
@@ -309,21 +341,7 @@ def load_baseline_weights(
         ValueError: ``state_dict`` has keys the model lacks, shapes that differ (another backbone
             or width), or lacks keys other than the embedding head / σ.
     """
-    own = model.state_dict()
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(
-        k for k in set(state_dict) & set(own) if tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    new_keys = sorted(set(own) - set(state_dict))
-    missing = [k for k in new_keys if not k.startswith(_SEMICONV_ONLY)]
-    if unexpected or mismatched or missing:
-        raise ValueError(
-            "the baseline weights do not fit this model (another backbone or head widths?): "
-            f"unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}, "
-            f"missing keys {missing[:5]}"
-        )
-    model.load_state_dict(dict(state_dict), strict=False)
-    return new_keys
+    return _load_shared(model, state_dict, "baseline", model_has_more=True)
 
 
 def load_without_embedding(
@@ -339,18 +357,4 @@ def load_without_embedding(
     Raises:
         ValueError: keys other than the embedding head / σ do not fit (another architecture).
     """
-    own = model.state_dict()
-    dropped = sorted(k for k in set(state_dict) - set(own) if k.startswith(_SEMICONV_ONLY))
-    unexpected = sorted(set(state_dict) - set(own) - set(dropped))
-    missing = sorted(set(own) - set(state_dict))
-    mismatched = sorted(
-        k for k in set(state_dict) & set(own) if tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    if unexpected or missing or mismatched:
-        raise ValueError(
-            "the semi-conv weights do not fit this plain model (another backbone or head "
-            f"widths?): unexpected keys {unexpected[:5]}, missing keys {missing[:5]}, "
-            f"shape mismatches {mismatched[:5]}"
-        )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in own})
-    return dropped
+    return _load_shared(model, state_dict, "semi-conv", model_has_more=False)
