@@ -156,6 +156,32 @@ def test_predict_replays_an_older_record_as_it_was_made(trained, dataset, tmp_pa
     assert replayed["divide_touching"] is False
 
 
+def test_predict_with_views_records_and_replays_them(trained, dataset, tmp_path, capsys):
+    out, _ = trained
+    image = str(dataset / "images" / "img1.tif")
+    common = ["--model", str(out), "--device", "cpu", "--score-threshold", "0.0",
+              "--mask-threshold", "0.1"]  # fmt: skip
+    assert main(["predict", image, *common, "--out", str(tmp_path / "one")]) == 0
+    assert main(["predict", image, *common, "--out", str(tmp_path / "four"), "--views", "4"]) == 0
+    record = json.loads((tmp_path / "four" / "img1_run.json").read_text())
+    assert record["settings"]["views"] == 4
+    assert json.loads((tmp_path / "one" / "img1_run.json").read_text())["settings"]["views"] == 1
+    four = tifffile.imread(tmp_path / "four" / "img1_labels.tif")
+    assert not np.array_equal(four, tifffile.imread(tmp_path / "one" / "img1_labels.tif"))
+    assert main(["predict", image, "--from-run", str(tmp_path / "four" / "img1_run.json"),
+                 "--out", str(tmp_path / "again"), "--device", "cpu"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "img1_labels.tif"), four)
+    # a record from before test-time augmentation replays with one view
+    del record["settings"]["views"]
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    assert main(["predict", image, "--from-run", str(tmp_path / "old.json"),
+                 "--out", str(tmp_path / "old"), "--device", "cpu"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "old" / "img1_run.json").read_text())["settings"]["views"] == 1
+    with pytest.raises(SystemExit):
+        main(["predict", image, *common, "--out", str(tmp_path / "x"), "--views", "3"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_models_lists_user_models(trained, tmp_path, monkeypatch, capsys):
     out, _ = trained
     monkeypatch.setenv("SEMICONV_MODEL_DIR", str(tmp_path))

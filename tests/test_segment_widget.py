@@ -260,7 +260,10 @@ def test_export_writes_four_files_and_the_cli_replays_them(qtbot, widget, tmp_pa
     tifffile.imwrite(image_path, image)
     widget.viewer.add_image(image, name="plate")
     widget.refresh_images()
+    # with test-time augmentation (4 views), recorded for the replay below
+    widget.views_combo.setCurrentIndex(widget.views_combo.findData(4))
     _run(qtbot, widget)
+    assert widget.last_result.run_info["settings"]["views"] == 4
     assert widget.export_button.isEnabled()
     paths = widget.export_to(tmp_path / "out" / "plate")
     assert paths is not None

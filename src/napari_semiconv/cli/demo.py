@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "divide_touching": True,
         "tile_size": None,
         "overlap": 64,
+        "views": 1,
     }
     started = time.perf_counter()
     result = segment(model, image, **settings)

@@ -35,6 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="keep the thresholded masks of touching worms as they are (see predict --no-divide)",
     )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        choices=(1, 2, 4, 8),
+        help="test-time augmentation: flipped/transposed views to fuse (see predict --views)",
+    )
     p.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
     p.set_defaults(run=run)
     return p
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 use_foreground=args.use_foreground,
                 divide_touching=args.divide_touching,
                 tile_size=args.tile_size,
+                views=args.views,
                 preprocessed=True,
             )
         )

@@ -28,6 +28,7 @@ DEFAULTS = {
     "tile_size": None,
     "overlap": 64,
     "batch_size": 1,
+    "views": 1,
 }
 
 
@@ -65,6 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 64)")
+    p.add_argument(
+        "--views",
+        type=int,
+        choices=(1, 2, 4, 8),
+        help="test-time augmentation: segment this many flipped/transposed views of each image "
+        "and fuse their worms (more accurate outlines, one network pass per view; default 1)",
+    )
     p.add_argument("--from-run", metavar="RUN.json", help="replay the model + settings of a run")
     p.set_defaults(run=run)
     return p
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "divide_touching",
         "tile_size",
         "overlap",
+        "views",
     ):
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record

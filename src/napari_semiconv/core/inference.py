@@ -37,6 +37,7 @@ from napari_semiconv.core.model_store import list_models, load_model, model_sour
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
+from napari_semiconv.core.tta import detect_views_steps, views_of
 
 __all__ = [
     "Instances",
@@ -86,6 +87,7 @@ def segment_steps(
     max_overlap: float | None = None,
     use_foreground: bool = True,
     divide_touching: bool = True,
+    views: int = 1,
 ) -> Generator[SegmentProgress, None, Instances]:
     """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
 
@@ -114,6 +116,9 @@ def segment_steps(
         divide_touching: with ``use_foreground``, give each pixel of a blob of touching worms
             that several worms or none claim to one worm, by mask probability
             (``core.divide``); False keeps the thresholded masks as they are there.
+        views: test-time augmentation: run the network on this many flipped/transposed views
+            of the image (1, 2, 4 or 8) and fuse their worms (``core.tta``); costs one pass
+            per view.
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
     crops to their RoI boxes (a bool mask and a uint8 probability each); the result holds N·H·W
@@ -132,6 +137,7 @@ def segment_steps(
     )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    views_of(views)  # a bad number of views fails before any work
     if preprocessed:
         grey = np.asarray(image, dtype=np.float32)
         if grey.ndim != 2:
@@ -149,10 +155,16 @@ def segment_steps(
     while True:
         try:
             keep_prob = _divides(model, divide_touching, use_foreground)
-            found, soft = yield from detect_steps(
-                model, grey, tile_size, overlap, batch_size, score_threshold, mask_threshold,
-                keep_prob,
-            )  # fmt: skip
+            if views == 1:
+                found, soft = yield from detect_steps(
+                    model, grey, tile_size, overlap, batch_size, score_threshold,
+                    mask_threshold, keep_prob,
+                )  # fmt: skip
+            else:
+                found, soft = yield from detect_views_steps(
+                    model, grey, views, tile_size, overlap, batch_size, score_threshold,
+                    mask_threshold,
+                )  # fmt: skip
             return _refine(
                 found,
                 soft if keep_prob else None,

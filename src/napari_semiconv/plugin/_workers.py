@@ -43,6 +43,7 @@ class RunRequest:
     max_overlap: float
     tile_size: int | None  # None: the core picks (tiles only large images)
     stride: int
+    views: int = 1  # test-time augmentation (core.tta): 1 = off
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
     translate: tuple[float, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)  # the layer's, copied to the outputs
@@ -145,6 +146,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "divide_touching": True,  # recorded: `predict --from-run` replays older runs without it
         "tile_size": request.tile_size,
         "overlap": tile_overlap(request.tile_size),
+        "views": request.views,
     }
     planes: list[tuple[tuple[int, ...], Any]] = []
     for p, (index, plane) in enumerate(iter_planes(request.data, request.rgb)):

@@ -37,6 +37,14 @@ from ._threading import worker_for
 from ._tune_row import ThresholdTuner
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
+#: The Augment choices (``core.tta``): views per image and their label; 8 measured best on the
+#: BBBC010 training wells (docs/benchmarks.md, "Test-time augmentation").
+VIEW_CHOICES = (
+    (1, "off"),
+    (4, "4 flips (4x time)"),
+    (8, "8 flips and turns (8x time)"),
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
@@ -102,6 +110,14 @@ class SegmentWidget(QWidget):
         self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setToolTip("Tile side in pixels; auto tiles only images over 1024 px.")
         form.addRow("Tile size", self.tile_spin)
+        self.views_combo = QComboBox()
+        for count, text in VIEW_CHOICES:
+            self.views_combo.addItem(text, count)
+        self.views_combo.setToolTip(
+            "Test-time augmentation: segment flipped (and transposed) copies of the image and "
+            "fuse their worms. Smoother, more accurate outlines; one network pass per view."
+        )
+        form.addRow("Augment", self.views_combo)
         self.stride_spin = QSpinBox()
         self.stride_spin.setRange(1, 64)
         self.stride_spin.setValue(4)
@@ -225,6 +241,7 @@ class SegmentWidget(QWidget):
             max_overlap=float(self.overlap_spin.value()),
             tile_size=int(self.tile_spin.value()) or None,
             stride=int(self.stride_spin.value()),
+            views=int(self.views_combo.currentData()),
             scale=tuple(float(layer.scale[d]) for d in keep),
             translate=tuple(float(layer.translate[d]) for d in keep),
             metadata=dict(layer.metadata),
