@@ -7,6 +7,7 @@ machine. Reports peak memory (CUDA: max allocated; CPU: max RSS of the process).
 
 Example:
     python benchmarks/speed.py --device cpu --threads 2 --models worms-brightfield --repeats 5
+    (``--views 1,8``: also with test-time augmentation, batch 1)
 """
 
 from __future__ import annotations
@@ -47,6 +48,35 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _time_model(model, name: str, views: int, image, device, args) -> dict:
+    """One row: ``segment`` of ``image`` at batch 1 with ``views``, and batched (views 1 only)."""
+    from napari_semiconv.core.inference import segment, segment_batch
+
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    t1 = _time(lambda: segment(model, image, views=views), device, args.repeats, args.warmup)
+    peak = _peak_mb(device)
+    row = {
+        "model": name if views == 1 else f"{name}, {views} views",
+        "backbone": model.config.backbone,
+        "views": views,
+        "batch1_ms": 1000 * statistics.median(t1),
+    }
+    if views == 1:
+        tb = _time(
+            lambda: segment_batch(model, [image] * args.batch),
+            device,
+            max(1, args.repeats // 2),
+            1,
+        )
+        row[f"batch{args.batch}_ms_per_image"] = 1000 * statistics.median(tb) / args.batch
+    row["peak_mb"] = peak
+    row["worms_found"] = len(segment(model, image, views=views))
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="worms-brightfield", help="comma-separated names or paths")
@@ -63,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         default=20,
         help="also time R50 with at most this many detections (0: not)",
     )
+    p.add_argument(
+        "--views",
+        default="1",
+        help="comma-separated test-time augmentation settings to time each model with "
+        "(segment(..., views=N); batched only at 1)",
+    )
     args = p.parse_args(argv)
 
     import numpy as np
@@ -70,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     from napari_semiconv.core.devices import resolve_device
-    from napari_semiconv.core.inference import load_model, segment, segment_batch
+    from napari_semiconv.core.inference import load_model
     from napari_semiconv.core.synthetic.worms import synthetic_worms
 
     torch.set_num_threads(args.threads)
@@ -121,25 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in [m for m in args.models.split(",") if m]:
         model = load_model(name, device=str(device))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t1 = _time(lambda m=model: segment(m, image), device, args.repeats, args.warmup)
-        peak = _peak_mb(device)
-        tb = _time(
-            lambda m=model: segment_batch(m, [image] * args.batch),
-            device,
-            max(1, args.repeats // 2),
-            1,
-        )
-        n = len(segment(model, image))
-        rows.append({
-            "model": name,
-            "backbone": model.config.backbone,
-            "batch1_ms": 1000 * statistics.median(t1),
-            f"batch{args.batch}_ms_per_image": 1000 * statistics.median(tb) / args.batch,
-            "peak_mb": peak,
-            "worms_found": n,
-        })  # fmt: skip
+        for views in [int(v) for v in args.views.split(",") if v]:
+            rows.append(_time_model(model, name, views, image, device, args))
     base = rows[0]["batch1_ms"]
     for r in rows:
         r["ratio_vs_torchvision_r50"] = r["batch1_ms"] / base
