@@ -11,7 +11,13 @@ from napari_semiconv.core.detections import Instances
 from napari_semiconv.core.inference import segment, segment_steps
 from napari_semiconv.core.model.builder import build_model
 from napari_semiconv.core.tiling import SoftMask
-from napari_semiconv.core.tta import VIEW_SETS, detect_views_steps, fuse_views, views_of
+from napari_semiconv.core.tta import (
+    VIEW_SETS,
+    ViewFusion,
+    detect_views_steps,
+    fuse_views,
+    views_of,
+)
 
 ALL_VIEWS = VIEW_SETS[8]
 
@@ -93,6 +99,10 @@ def test_fusion_votes_scores_and_averages_probabilities():
     assert soft[1].prob.max() == 128 and fused.masks[1].sum() == 4 * 15
     fused, _ = fuse_views([first, second], views, shape, 0.3, 0.6)
     assert len(fused) == 1, "B's averaged probability 0.5 is under a 0.6 mask threshold"
+    fusion = ViewFusion(2, shape)
+    fusion.add(0, views[0], *first)
+    with pytest.raises(ValueError, match="1 of 2 views"):
+        fusion.result(0.5, 0.5)
 
 
 def test_fusion_never_merges_two_worms_of_one_view():

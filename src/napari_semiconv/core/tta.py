@@ -32,7 +32,7 @@ import torch
 from napari_semiconv.core.detections import Instances, SegmentProgress, detect_steps
 from napari_semiconv.core.tiling import SoftMask
 
-__all__ = ["FUSE_IOU", "VIEW_SETS", "View", "detect_views_steps", "fuse_views"]
+__all__ = ["FUSE_IOU", "VIEW_SETS", "View", "ViewFusion", "detect_views_steps", "fuse_views"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,11 @@ VIEW_SETS: dict[int, tuple[View, ...]] = {
 
 #: Two views' worms whose masks overlap with at least this IoU are one worm.
 FUSE_IOU = 0.5
+
+#: Each view keeps detections scoring at least this fraction of the score threshold, so that a
+#: view less sure of a worm still votes for it with its score (the fused score must reach the
+#: full threshold).
+VIEW_SCORE_FRACTION = 1.0
 
 
 def views_of(count: int) -> tuple[View, ...]:
@@ -171,6 +176,61 @@ def _fused_prob(members: list[_Worm], n_views: int) -> SoftMask:
     return SoftMask(y0, x0, np.rint(total / n_views).astype(np.uint8))
 
 
+class ViewFusion:
+    """Worms of the views of one image, added view by view (each view's full-size masks can go
+    as soon as it is added: only crops are kept), then fused (:meth:`result`)."""
+
+    def __init__(self, n_views: int, shape: tuple[int, int]) -> None:
+        self.n_views, self.shape = n_views, shape
+        self.worms: list[_Worm] = []
+        self.displacement = np.zeros((2, *shape), np.float32)
+        self.foreground: np.ndarray | None = None
+        self.added = 0
+
+    def add(self, index: int, view: View, found: Instances, soft: list[SoftMask | None]) -> None:
+        """View ``index``'s worms (``detect_steps``' result, in the view's frame)."""
+        self.worms.extend(_worms_of(index, view, found, soft, self.shape))
+        self.displacement += view.undo_displacement(found.displacement)
+        if found.foreground is not None:
+            if self.foreground is None:
+                self.foreground = np.zeros(self.shape, np.float32)
+            self.foreground += view.undo(found.foreground)
+        self.added += 1
+
+    def result(
+        self, score_threshold: float, mask_threshold: float
+    ) -> tuple[Instances, list[SoftMask]]:
+        """The fused worms by decreasing score, and their fused probabilities."""
+        if self.added != self.n_views:
+            raise ValueError(f"{self.added} of {self.n_views} views were added")
+        groups: list[list[_Worm]] = []
+        for worm in sorted(self.worms, key=lambda w: -w.score):
+            for group in groups:
+                if all(m.view != worm.view for m in group) and group[0].iou(worm) >= FUSE_IOU:
+                    group.append(worm)
+                    break
+            else:
+                groups.append([worm])
+        cut = mask_threshold * 255.0  # on the uint8 probabilities
+        kept: list[tuple[float, SoftMask]] = []
+        for group in groups:
+            score = sum(m.score for m in group) / self.n_views
+            if score < score_threshold:
+                continue
+            prob = _fused_prob(group, self.n_views)
+            if np.any(prob.prob > cut):
+                kept.append((score, prob))
+        kept.sort(key=lambda item: -item[0])
+        masks = np.zeros((len(kept), *self.shape), bool)
+        for k, (_, prob) in enumerate(kept):
+            h, w = prob.prob.shape
+            masks[k, prob.y0 : prob.y0 + h, prob.x0 : prob.x0 + w] = prob.prob > cut
+        scores = np.array([score for score, _ in kept], np.float32)
+        fg = None if self.foreground is None else self.foreground / self.n_views
+        found = Instances(masks, scores, self.displacement / self.n_views, fg)
+        return found, [prob for _, prob in kept]
+
+
 def fuse_views(
     found: list[tuple[Instances, list[SoftMask | None]]],
     views: tuple[View, ...],
@@ -179,45 +239,11 @@ def fuse_views(
     mask_threshold: float,
 ) -> tuple[Instances, list[SoftMask]]:
     """The worms of every view (``detect_steps``' results, in each view's frame) fused into one
-    set in the image's frame of ``shape`` (module docstring), by decreasing score, with their
-    fused probabilities."""
-    n_views = len(views)
-    worms = [
-        w
-        for i, (view, (instances, soft)) in enumerate(zip(views, found, strict=True))
-        for w in _worms_of(i, view, instances, soft, shape)
-    ]
-    worms.sort(key=lambda w: -w.score)
-    groups: list[list[_Worm]] = []
-    for worm in worms:
-        for group in groups:
-            if all(m.view != worm.view for m in group) and group[0].iou(worm) >= FUSE_IOU:
-                group.append(worm)
-                break
-        else:
-            groups.append([worm])
-    height, width = shape
-    kept: list[tuple[float, SoftMask]] = []
-    for group in groups:
-        score = sum(m.score for m in group) / n_views
-        if score < score_threshold:
-            continue
-        prob = _fused_prob(group, n_views)
-        if np.any(prob.prob > mask_threshold * 255.0):
-            kept.append((score, prob))
-    kept.sort(key=lambda item: -item[0])
-    masks = np.zeros((len(kept), height, width), bool)
-    for k, (_, prob) in enumerate(kept):
-        h, w = prob.prob.shape
-        masks[k, prob.y0 : prob.y0 + h, prob.x0 : prob.x0 + w] = prob.prob > mask_threshold * 255.0
-    scores = np.array([s for s, _ in kept], np.float32)
-    phi = sum(v.undo_displacement(f[0].displacement) for v, f in zip(views, found, strict=True))
-    fg = None
-    if found[0][0].foreground is not None:
-        fg = sum(v.undo(f[0].foreground) for v, f in zip(views, found, strict=True)) / n_views
-        fg = np.ascontiguousarray(fg, np.float32)
-    displacement = np.ascontiguousarray(phi / n_views, np.float32)
-    return Instances(masks, scores, displacement, fg), [p for _, p in kept]
+    set in the image's frame of ``shape`` (module docstring): :class:`ViewFusion` at once."""
+    fusion = ViewFusion(len(views), shape)
+    for i, (view, (instances, soft)) in enumerate(zip(views, found, strict=True)):
+        fusion.add(i, view, instances, soft)
+    return fusion.result(score_threshold, mask_threshold)
 
 
 def detect_views_steps(
@@ -233,18 +259,18 @@ def detect_views_steps(
     """``core.detections.detect_steps`` on each of the ``views`` views of ``grey`` (progress
     counts the tiles of all views), then :func:`fuse_views`."""
     chosen = views_of(views)
-    found = []
+    fusion = ViewFusion(len(chosen), grey.shape)
     for i, view in enumerate(chosen):
         steps = detect_steps(
-            model, view.apply(grey), tile_size, overlap, batch_size, score_threshold,
-            mask_threshold, True,
+            model, view.apply(grey), tile_size, overlap, batch_size,
+            score_threshold * VIEW_SCORE_FRACTION, mask_threshold, True,
         )  # fmt: skip
         try:
             while True:
                 try:
                     step = next(steps)
                 except StopIteration as stop:
-                    found.append(stop.value)
+                    fusion.add(i, view, *stop.value)  # its full-size masks go here
                     break
                 yield SegmentProgress(
                     i * step.total + step.done,
@@ -253,4 +279,4 @@ def detect_views_steps(
                 )
         finally:
             steps.close()  # cancelled mid-view: the detector is put back as it was at once
-    return fuse_views(found, chosen, grey.shape, score_threshold, mask_threshold)
+    return fusion.result(score_threshold, mask_threshold)
