@@ -41,8 +41,8 @@ from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmenta
 #: BBBC010 training wells (docs/benchmarks.md, "Test-time augmentation").
 VIEW_CHOICES = (
     (1, "off"),
-    (4, "4 flips (4x time)"),
-    (8, "8 flips and turns (8x time)"),
+    (4, "4 flips (4 passes)"),
+    (8, "8 flips and turns (8 passes)"),
 )
 
 if TYPE_CHECKING:  # pragma: no cover
