@@ -143,21 +143,18 @@ class _Worm:
 def _worms_of(
     index: int, view: View, found: Instances, soft: list[SoftMask | None], shape: tuple[int, int]
 ) -> list[_Worm]:
-    """A view's worms in the image's frame (each mask cropped to its own box)."""
+    """A view's worms in the image's frame, each mask cropped to its probability's box (which
+    holds the whole mask: ``core.tiling`` pastes each worm from crops on those boxes)."""
     masks = view.undo(found.masks)
     worms = []
-    for k in range(len(found)):
-        rows, cols = np.nonzero(masks[k].any(axis=1))[0], np.nonzero(masks[k].any(axis=0))[0]
-        if rows.size == 0:
-            continue
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        piece = soft[k]
-        if piece is None:  # no probability kept: the thresholded mask stands in for it
-            prob = SoftMask(int(y0), int(x0), masks[k, y0:y1, x0:x1].astype(np.uint8) * 255)
-        else:
-            prob = view.undo_crop(piece.y0, piece.x0, piece.prob, shape)
-        mask = np.ascontiguousarray(masks[k, y0:y1, x0:x1])
-        worms.append(_Worm(index, float(found.scores[k]), int(y0), int(x0), mask, prob))
+    for k, piece in enumerate(soft):
+        if piece is None:  # detect_steps(keep_prob=True) gives every worm its probability
+            raise ValueError("test-time augmentation needs every worm's mask probability")
+        prob = view.undo_crop(piece.y0, piece.x0, piece.prob, shape)
+        h, w = prob.prob.shape
+        mask = np.ascontiguousarray(masks[k, prob.y0 : prob.y0 + h, prob.x0 : prob.x0 + w])
+        if mask.any():
+            worms.append(_Worm(index, float(found.scores[k]), prob.y0, prob.x0, mask, prob))
     return worms
 
 
@@ -169,10 +166,9 @@ def _fused_prob(members: list[_Worm], n_views: int) -> SoftMask:
     x1 = max(w.prob.x0 + w.prob.prob.shape[1] for w in members)
     total = np.zeros((y1 - y0, x1 - x0), np.float32)
     for w in members:
+        top, left = w.prob.y0 - y0, w.prob.x0 - x0
         h, wd = w.prob.prob.shape
-        total[w.prob.y0 - y0 : w.prob.y0 - y0 + h, w.prob.x0 - x0 : w.prob.x0 - x0 + wd] += (
-            w.prob.prob
-        )
+        total[top : top + h, left : left + wd] += w.prob.prob
     return SoftMask(y0, x0, np.rint(total / n_views).astype(np.uint8))
 
 
