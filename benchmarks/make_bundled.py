@@ -1,6 +1,10 @@
 """Turn a trained checkpoint into a bundled model: fp16 weights, no training state, a model card
 with the cross-validation metrics, and its sha256 recorded in the package's registry.
 
+A bright-field cascade takes a further-trained detector without training its U-Net again:
+    python benchmarks/make_bundled.py swap-detector worms-brightfield runs/cpu7/binary.fold0.pt \
+        cascade.pt    # then `bundle cascade.pt worms-brightfield --metrics ...`
+
 Two steps, because the GPU machine returns files of at most 16 MB:
     # on the training machine: strip the optimizer state and halve the weights
     python benchmarks/make_bundled.py strip runs/cv/binary-semiconv-fold0.pt worms-binary.pt
@@ -17,12 +21,15 @@ import sys
 from pathlib import Path
 
 from napari_semiconv.core.checkpoint import (
+    Checkpoint,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     sha256_file,
+    verify_sha256,
 )
-from napari_semiconv.core.model_store import BUNDLED_DIR
+from napari_semiconv.core.foreground_training import replace_detector
+from napari_semiconv.core.model_store import BUNDLED_DIR, resolve_model_path
 
 MAX_BYTES = 30 * 1024 * 1024
 
@@ -31,6 +38,19 @@ def strip(src: str, dst: str) -> Path:
     ckpt = load_checkpoint(src)
     model = model_from_checkpoint(ckpt, device="cpu")
     return save_checkpoint(dst, model, ckpt.card, train_state=None, half=True)
+
+
+def _read(name_or_path: str) -> Checkpoint:
+    path, expected, _ = resolve_model_path(name_or_path)
+    if expected:  # a bundled file must be the one the registry names
+        verify_sha256(path, expected)
+    return load_checkpoint(path)
+
+
+def swap_detector(cascade: str, detector: str, dst: str) -> Path:
+    """Write ``cascade`` (a name or path) with ``detector``'s weights, its U-Net unchanged."""
+    model = replace_detector(_read(cascade), _read(detector))
+    return save_checkpoint(dst, model, model.card, train_state=None, overwrite=False)
 
 
 def bundle(
@@ -86,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("strip")
     s.add_argument("src")
     s.add_argument("dst")
+    w = sub.add_parser("swap-detector", help="a cascade with another binary-input detector")
+    w.add_argument("cascade", help="cascade name or path, e.g. worms-brightfield")
+    w.add_argument("detector", help="binary-input model, name or path")
+    w.add_argument("dst", help="checkpoint to write (must not exist)")
     b = sub.add_parser("bundle")
     b.add_argument("src")
     b.add_argument("name")
@@ -100,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "strip":
         print(strip(args.src, args.dst))
+    elif args.cmd == "swap-detector":
+        print(swap_detector(args.cascade, args.detector, args.dst))
     else:
         bundle(
             args.src,

@@ -15,6 +15,7 @@ from napari_semiconv.core.foreground_training import (
     foreground_target,
     predict_foreground,
     random_batch,
+    replace_detector,
     train_foreground_steps,
 )
 from napari_semiconv.core.inference import segment, segment_batch
@@ -178,3 +179,27 @@ def test_attach_refuses_a_non_binary_detector(tmp_path):
     path = save_checkpoint(tmp_path / "bf.pt", model, {"name": "bf"})
     with pytest.raises(ValueError, match="binary-input detector"):
         attach_foreground(load_checkpoint(path), build_foreground_net())
+
+
+def test_replace_detector_keeps_the_unet_and_the_cascade_card(tmp_path):
+    cascade, _, net = _cascade(tmp_path)
+    card = {**cascade.card, "name": "bf", "history": "U-Net stages", "metrics": {"AP": 0.5}}
+    old = load_checkpoint(save_checkpoint(tmp_path / "c.pt", cascade, card))
+    torch.manual_seed(1)
+    newer = build_model(tiny_model_config(box_score_thresh=0.0)).eval()
+    path = save_checkpoint(tmp_path / "det2.pt", newer, {"name": "det2", "metrics": {"AP": 0.9}})
+    swapped = replace_detector(old, load_checkpoint(path))
+    state = swapped.state_dict()
+    for key, value in newer.state_dict().items():  # the detector is the new one...
+        torch.testing.assert_close(state[key], value)
+    for key, value in net.state_dict().items():  # ...and the U-Net the cascade's
+        torch.testing.assert_close(state[f"foreground.{key}"], value)
+    assert swapped.config == old.config
+    # the card: the cascade's own entries kept, the detector's replaced, stale metrics dropped
+    assert swapped.card["name"] == "bf" and swapped.card["history"] == "U-Net stages"
+    assert swapped.card["detector_name"] == "det2"
+    assert swapped.card["detector_metrics"] == {"AP": 0.9} and "metrics" not in swapped.card
+    with pytest.raises(ValueError, match="no foreground U-Net"):
+        replace_detector(load_checkpoint(path), load_checkpoint(path))
+    with pytest.raises(ValueError, match="binary-input detector"):
+        replace_detector(old, old)

@@ -39,6 +39,7 @@ __all__ = [
     "foreground_target",
     "predict_foreground",
     "random_batch",
+    "replace_detector",
     "train_foreground_steps",
 ]
 
@@ -254,6 +255,26 @@ def cascade_card(detector_card: dict) -> dict:
         "U-Net's probability > 0.5 is the detector's binary input"
     )
     return card
+
+
+# a cascade's own card entries, which describe the cascade and its U-Net, not the detector
+_CASCADE_KEYS = ("name", "description", "detector", "foreground_training", "history")
+
+
+def replace_detector(cascade: Checkpoint, detector: Checkpoint) -> SemiConvMaskRCNN:
+    """``cascade`` with ``detector`` in place of its detector; its U-Net is unchanged.
+
+    Why: when the binary-input detector is trained further, the bright-field cascade should get
+    it without its U-Net being trained again. The card takes the new detector's entries (under
+    ``detector_<key>``) and keeps the cascade's own (``_CASCADE_KEYS``); the cascade's metrics
+    are dropped, since they measured the old detector.
+
+    Raises:
+        ValueError: ``cascade`` has no U-Net, or ``detector`` is not a binary-input detector.
+    """
+    model = attach_foreground(detector, foreground_of(cascade))
+    model.card.update({k: cascade.card[k] for k in _CASCADE_KEYS if k in cascade.card})
+    return model
 
 
 def foreground_iou(net: ForegroundNet, samples: Sequence[Sample]) -> list[float]:
