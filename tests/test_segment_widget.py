@@ -337,6 +337,7 @@ def test_clear_messages_and_no_half_made_layers(qtbot, widget):
 def test_choose_thresholds_on_a_labels_layer(qtbot, make_napari_viewer):
     # the user's labels are the truth: the widget ends up with the setting that reproduces them
     # best, as the core search scores it on the same image
+    from napari_semiconv.core.data.arrays import labels_to_masks
     from napari_semiconv.core.data.sample import Sample
     from napari_semiconv.core.inference import load_model
     from napari_semiconv.core.measurements import labels_from_instances
@@ -369,7 +370,10 @@ def test_choose_thresholds_on_a_labels_layer(qtbot, make_napari_viewer):
     assert w.tuner.start() is not None
     qtbot.waitUntil(lambda: not w.tuner.running, timeout=LONG)
     model = load_model("worms-binary", device="cpu")
-    sample = Sample(normalise(image, "binary"), masks, "well")
+    # the truth is the labels layer, where overlapping worms lost their shared pixels to one
+    # of them, not the overlapping masks it was drawn from
+    truth = labels_to_masks(viewer.layers["truth"].data, image.shape)
+    sample = Sample(normalise(image, "binary"), truth, "well")
     rows = search_thresholds(
         model,
         [sample],
