@@ -21,15 +21,13 @@ import sys
 from pathlib import Path
 
 from napari_semiconv.core.checkpoint import (
-    Checkpoint,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     sha256_file,
-    verify_sha256,
 )
 from napari_semiconv.core.foreground_training import replace_detector
-from napari_semiconv.core.model_store import BUNDLED_DIR, resolve_model_path
+from napari_semiconv.core.model_store import BUNDLED_DIR, read_checkpoint
 
 MAX_BYTES = 30 * 1024 * 1024
 
@@ -40,16 +38,9 @@ def strip(src: str, dst: str) -> Path:
     return save_checkpoint(dst, model, ckpt.card, train_state=None, half=True)
 
 
-def _read(name_or_path: str) -> Checkpoint:
-    path, expected, _ = resolve_model_path(name_or_path)
-    if expected:  # a bundled file must be the one the registry names
-        verify_sha256(path, expected)
-    return load_checkpoint(path)
-
-
 def swap_detector(cascade: str, detector: str, dst: str) -> Path:
     """Write ``cascade`` (a name or path) with ``detector``'s weights, its U-Net unchanged."""
-    model = replace_detector(_read(cascade), _read(detector))
+    model = replace_detector(read_checkpoint(cascade), read_checkpoint(detector))
     return save_checkpoint(dst, model, model.card, train_state=None, overwrite=False)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from napari_semiconv.core.checkpoint import (
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
@@ -35,6 +36,7 @@ __all__ = [
     "list_models",
     "load_model",
     "model_source",
+    "read_checkpoint",
     "registry",
     "resolve_model_path",
     "user_model_dir",
@@ -108,6 +110,19 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> tuple[Path, str 
     )
 
 
+def read_checkpoint(name_or_path: str | os.PathLike[str]) -> Checkpoint:
+    """A checkpoint by bundled name, user-model name or path, not built into a model; a bundled
+    file is checked against its sha256 before it is read.
+
+    Raises:
+        ModelNotFoundError, CheckpointError: as :func:`load_model`.
+    """
+    path, expected, _ = resolve_model_path(name_or_path)
+    if expected:
+        verify_sha256(path, expected)
+    return load_checkpoint(path)
+
+
 def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> torch.nn.Module:
     """Load a model by bundled name, user-model name or checkpoint path; eval mode, on ``device``.
 
@@ -120,10 +135,7 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> to
             corrupt, or a bundled file fails its sha256 check.
     """
     path, expected, kind = resolve_model_path(name_or_path)
-    if expected:
-        verify_sha256(path, expected)
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, device=resolve_device(device))
+    model = model_from_checkpoint(read_checkpoint(name_or_path), device=resolve_device(device))
     model.source = {
         "name": os.fspath(name_or_path),
         "path": str(path.resolve()),
