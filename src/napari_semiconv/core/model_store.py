@@ -118,7 +118,11 @@ def read_checkpoint(name_or_path: str | os.PathLike[str]) -> Checkpoint:
         ModelNotFoundError, CheckpointError: as :func:`load_model`.
     """
     path, expected, _ = resolve_model_path(name_or_path)
-    if expected:
+    return _read_verified(path, expected)
+
+
+def _read_verified(path: Path, expected: str | None) -> Checkpoint:
+    if expected:  # a bundled file must be the one the registry names
         verify_sha256(path, expected)
     return load_checkpoint(path)
 
@@ -135,7 +139,7 @@ def load_model(name_or_path: str | os.PathLike[str], device: str = "auto") -> to
             corrupt, or a bundled file fails its sha256 check.
     """
     path, expected, kind = resolve_model_path(name_or_path)
-    model = model_from_checkpoint(read_checkpoint(name_or_path), device=resolve_device(device))
+    model = model_from_checkpoint(_read_verified(path, expected), device=resolve_device(device))
     model.source = {
         "name": os.fspath(name_or_path),
         "path": str(path.resolve()),
