@@ -4,6 +4,8 @@ with the cross-validation metrics, and its sha256 recorded in the package's regi
 A bright-field cascade takes a further-trained detector without training its U-Net again:
     python benchmarks/make_bundled.py swap-detector worms-brightfield runs/cpu7/binary.fold0.pt \
         cascade.pt    # then `bundle cascade.pt worms-brightfield --metrics ...`
+and its U-Net's cut (ModelConfig.foreground_threshold) can be set the same way:
+    python benchmarks/make_bundled.py set-cut worms-brightfield 0.6 cascade.pt
 
 Two steps, because the GPU machine returns files of at most 16 MB:
     # on the training machine: strip the optimizer state and halve the weights
@@ -26,7 +28,7 @@ from napari_semiconv.core.checkpoint import (
     save_checkpoint,
     sha256_file,
 )
-from napari_semiconv.core.foreground_training import replace_detector
+from napari_semiconv.core.foreground_training import replace_detector, with_foreground_threshold
 from napari_semiconv.core.model_store import BUNDLED_DIR, read_checkpoint
 
 MAX_BYTES = 30 * 1024 * 1024
@@ -41,6 +43,12 @@ def strip(src: str, dst: str) -> Path:
 def swap_detector(cascade: str, detector: str, dst: str) -> Path:
     """Write ``cascade`` (a name or path) with ``detector``'s weights, its U-Net unchanged."""
     model = replace_detector(read_checkpoint(cascade), read_checkpoint(detector))
+    return save_checkpoint(dst, model, model.card, train_state=None, overwrite=False)
+
+
+def set_cut(cascade: str, threshold: float, dst: str) -> Path:
+    """Write ``cascade`` (a name or path) with its U-Net's cut at ``threshold``."""
+    model = with_foreground_threshold(read_checkpoint(cascade), threshold)
     return save_checkpoint(dst, model, model.card, train_state=None, overwrite=False)
 
 
@@ -101,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("cascade", help="cascade name or path, e.g. worms-brightfield")
     w.add_argument("detector", help="binary-input model, name or path")
     w.add_argument("dst", help="checkpoint to write (must not exist)")
+    c = sub.add_parser("set-cut", help="a cascade with another U-Net cut")
+    c.add_argument("cascade", help="cascade name or path, e.g. worms-brightfield")
+    c.add_argument("threshold", type=float, help="the U-Net's cut, in (0, 1)")
+    c.add_argument("dst", help="checkpoint to write (must not exist)")
     b = sub.add_parser("bundle")
     b.add_argument("src")
     b.add_argument("name")
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(strip(args.src, args.dst))
     elif args.cmd == "swap-detector":
         print(swap_detector(args.cascade, args.detector, args.dst))
+    elif args.cmd == "set-cut":
+        print(set_cut(args.cascade, args.threshold, args.dst))
     else:
         bundle(
             args.src,

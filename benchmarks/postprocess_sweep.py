@@ -6,7 +6,9 @@ threshold (`core.inference.detect`, with the mask probabilities); every score th
 max overlap and, where the model sees a foreground (binary input, bright-field cascade),
 lone-worm filling and sharing out of touching worms is applied to the same detections through
 `core.refine.refine_instances` as `segment` runs it, and scored (COCO mask AP and avS,
-`core.evaluation.evaluate`). ``--no-clip`` shows the figures without the foreground.
+`core.evaluation.evaluate`). ``--no-clip`` shows the figures without the foreground;
+``--box-nms`` and, for a bright-field cascade, ``--foreground-cuts`` (its U-Net's cut) run the
+network again per value.
 Pass only wells the model was trained on: settings chosen on held-out wells would inflate the
 held-out scores. The best setting by avS is printed last; the JSON holds every row.
 
@@ -18,6 +20,7 @@ held-out scores. The best setting by avS is printed last; the JSON holds every r
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -60,6 +63,14 @@ def main() -> None:
         help="box NMS IoU thresholds of the RoI heads to try (default: the model's); the "
         "network runs again for each",
     )
+    p.add_argument(
+        "--foreground-cuts",
+        type=_floats,
+        default=[],
+        help="a bright-field cascade's U-Net cuts to try (ModelConfig.foreground_threshold: "
+        "the detector's binary input and the clean-up's foreground; default: the model's); the "
+        "network runs again for each",
+    )
     p.add_argument("--no-clip", action="store_true", help="do not use the foreground")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json-out", help="write every row here")
@@ -68,14 +79,19 @@ def main() -> None:
 
     model = load_model(args.model, device="cpu")
     mode = model.config.input_mode
+    if args.foreground_cuts and not model.config.foreground_width:
+        p.error(f"--foreground-cuts needs a bright-field cascade; {args.model} has no U-Net")
     samples = read_samples(args.data, "bbbc010", mode, args.wells.split(","))
     divides = {"on": [True], "off": [False], "both": [True, False]}[args.divide]
     started = time.perf_counter()
     rows = []
     # the box NMS runs inside the network (torchvision's RoIHeads.nms_thresh), before the
     # mask-overlap suppression of the clean-up: crossing worms have overlapping boxes
-    for box_nms in args.box_nms or [model.roi_heads.nms_thresh]:
+    # the cascade's cut is read from the config at every forward pass and clean-up
+    cuts = args.foreground_cuts or [model.config.foreground_threshold]
+    for box_nms, cut in itertools.product(args.box_nms or [model.roi_heads.nms_thresh], cuts):
         model.roi_heads.nms_thresh = box_nms
+        model.config.foreground_threshold = cut
         found = search_thresholds(
             model,
             samples,
@@ -86,7 +102,10 @@ def main() -> None:
             divides=divides,
             use_foreground=not args.no_clip,
         )
-        rows += [{**row, "box_nms": box_nms} for row in found]
+        extra = {"box_nms": box_nms}
+        if model.config.foreground_width:
+            extra["foreground_threshold"] = cut
+        rows += [{**row, **extra} for row in found]
     for row in rows:
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["avS"])

@@ -249,10 +249,26 @@ def test_train_foreground_continues_a_cascades_unet(trained, dataset, tmp_path, 
     ckpt = load_checkpoint(again)
     assert ckpt.config.foreground_width == 4 and ckpt.config.foreground_depth == 2
     assert ckpt.card["foreground_training"]["start"] == f"the U-Net of {first}"
+    assert ckpt.config.foreground_threshold == 0.5  # the first cascade's cut, the default
     assert "intensity jitter 0.5" in ckpt.card["foreground_training"]["recipe"]
     continued = dict(foreground_of(ckpt).named_parameters())
     for name, value in start.named_parameters():  # lr 0: one step changes no weight
         assert torch.equal(continued[name], value), name
+    # the cut is the source cascade's unless given; a bad one is refused before any training
+    assert main([*args, "--out", str(tmp_path / "cut.pt"), "--steps", "1", "--foreground-from",
+                 str(first), "--foreground-threshold", "0.6"]) == 0  # fmt: skip
+    capsys.readouterr()
+    cut = load_checkpoint(tmp_path / "cut.pt")
+    assert cut.config.foreground_threshold == 0.6
+    assert cut.card["foreground_training"]["threshold"] == 0.6
+    assert main([*args, "--out", str(tmp_path / "cut2.pt"), "--steps", "1",
+                 "--foreground-from", str(tmp_path / "cut.pt")]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert load_checkpoint(tmp_path / "cut2.pt").config.foreground_threshold == 0.6
+    code = main([*args, "--out", str(tmp_path / "bad.pt"), "--steps", "1",
+                 "--foreground-threshold", "1"])  # fmt: skip
+    assert code == 2 and "must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()
     # a model without a U-Net cannot be continued: refused before any training
     code = main([*args, "--out", str(tmp_path / "no.pt"), "--steps", "1",
                  "--foreground-from", str(detector)])  # fmt: skip

@@ -179,7 +179,7 @@ def test_detect_then_refine_is_what_segment_gives(name, tile_size):
     low = defaults["score_threshold"] if tile_size else 0.05
     found, soft = detect(model, grey, low, tile_size=tile_size)
     assert len(found) >= len(expected) > 1
-    foreground = worm_foreground(found, grey, mode)
+    foreground = worm_foreground(found, grey, model.config)
     assert foreground is not None and foreground.any()
     keep = np.flatnonzero(found.scores >= defaults["score_threshold"])
     masks, scores = refine_instances(

@@ -17,6 +17,7 @@ from napari_semiconv.core.foreground_training import (
     random_batch,
     replace_detector,
     train_foreground_steps,
+    with_foreground_threshold,
 )
 from napari_semiconv.core.inference import segment, segment_batch
 from napari_semiconv.core.model.builder import build_model
@@ -113,6 +114,16 @@ def test_config_needs_brightfield_input_for_a_unet():
     assert ModelConfig(input_mode="binary").postprocess_kind == "binary"
     with pytest.raises(ValueError, match="unknown model kind 'grey'.*cascade"):
         postprocess_defaults("grey")
+    # the U-Net's cut: saved with the config, older files (no key) read as 0.5
+    cut = ModelConfig(input_mode="brightfield", foreground_width=8, foreground_threshold=0.6)
+    assert ModelConfig.from_dict(cut.to_dict()).foreground_threshold == 0.6
+    old = {k: v for k, v in cut.to_dict().items() if k != "foreground_threshold"}
+    assert ModelConfig.from_dict(old).foreground_threshold == 0.5
+    for bad in (0.0, 1.0, -0.2, float("nan")):
+        with pytest.raises(ValueError, match=r"foreground_threshold must be in \(0, 1\)"):
+            ModelConfig(foreground_threshold=bad)
+    with pytest.raises(TypeError, match="foreground_threshold must be a number"):
+        ModelConfig(foreground_threshold="0.6")
 
 
 def _cascade(tmp_path):
@@ -151,13 +162,54 @@ def test_cascade_saves_loads_and_segments(tmp_path):
     raw = (sample.image * 4000).astype(np.uint16)
     found = segment(loaded, raw)
     assert found.foreground is not None and found.foreground.shape == raw.shape
-    fg = found.foreground > 0.5
+    fg = found.foreground > loaded.config.foreground_threshold
     # worms are clipped to the U-Net's foreground, as a binary model's are to its input
     assert not (found.masks & ~fg).any()
     tiled = segment(loaded, raw, tile_size=64, overlap=16)
     assert tiled.foreground.shape == raw.shape
     batch = segment_batch(loaded, [raw, raw])
     np.testing.assert_allclose(batch[0].foreground, found.foreground, atol=1e-5)
+
+
+def test_the_detector_and_the_clean_up_see_the_unet_map_at_the_cascades_cut(tmp_path):
+    cascade, detector, net = _cascade(tmp_path)
+    image = torch.from_numpy(_brightfield(3).image)[None]
+    with torch.no_grad():
+        prob = torch.sigmoid(net.eval()(image[None]))[0]
+    # a cut between the map's quartiles, so it differs from the default 0.5 somewhere
+    cut = round(float(prob.quantile(0.5)), 3)
+    assert ((prob > cut) != (prob > 0.5)).any()
+    card = {**cascade.card, "name": "c", "metrics": {"AP": 0.5}, "metrics_protocol": "x"}
+    saved = load_checkpoint(save_checkpoint(tmp_path / "c.pt", cascade, card))
+    moved = with_foreground_threshold(saved, cut)
+    assert moved.config.foreground_threshold == cut and saved.config.foreground_threshold == 0.5
+    # the weights are the cascade's; the card's stale metrics go, its input description follows
+    for key, value in cascade.state_dict().items():
+        torch.testing.assert_close(moved.state_dict()[key], value)
+    assert "metrics" not in moved.card and "metrics_protocol" not in moved.card
+    assert f"> {cut:g} is the detector's binary input" in moved.card["normalisation"]
+    with torch.no_grad():
+        out = moved([image])[0]
+        direct = detector([(prob > cut).float()])[0]
+    np.testing.assert_allclose(out["boxes"].numpy(), direct["boxes"].numpy(), atol=1e-4)
+    # through save and load, segment clips the worms to the map above the same cut
+    path = save_checkpoint(tmp_path / "moved.pt", moved, moved.card)
+    from napari_semiconv.core.model_store import load_model
+
+    loaded = load_model(str(path), device="cpu")
+    assert loaded.config.foreground_threshold == cut
+    raw = (_brightfield(3).image * 4000).astype(np.uint16)
+    found = segment(loaded, raw)
+    assert not (found.masks & ~(found.foreground > cut)).any()
+    # swapping the detector keeps the U-Net's cut
+    det_path = tmp_path / "det.pt"
+    assert replace_detector(load_checkpoint(path), load_checkpoint(det_path)).config == (
+        loaded.config
+    )
+    with pytest.raises(ValueError, match="no foreground U-Net"):
+        with_foreground_threshold(load_checkpoint(det_path), 0.6)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        with_foreground_threshold(saved, 1.5)
 
 
 def test_cascade_trains_both_stages(tmp_path):

@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="cascade (name or path, e.g. worms-brightfield) whose U-Net to train further, "
         "instead of a new one; its architecture replaces --width/--depth/--max-width",
     )
+    p.add_argument(
+        "--foreground-threshold",
+        type=float,
+        help="a pixel is worm where the U-Net's probability exceeds this (default: that of "
+        "--foreground-from's cascade, else 0.5)",
+    )
     p.add_argument("--width", type=int, default=8, help="first-level channels of a new U-Net")
     p.add_argument("--depth", type=int, default=4, help="2x poolings of a new U-Net")
     p.add_argument("--max-width", type=int, default=64, help="channel cap of a new U-Net")
@@ -64,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         foreground_of,
         train_foreground_steps,
     )
-    from napari_semiconv.core.model.foreground import ForegroundConfig, build_foreground_net
+    from napari_semiconv.core.model.foreground import (
+        FOREGROUND_THRESHOLD,
+        ForegroundConfig,
+        build_foreground_net,
+    )
     from napari_semiconv.core.model_store import resolve_model_path
     from napari_semiconv.core.training_data import read_samples
 
@@ -76,11 +86,20 @@ def run(args: argparse.Namespace) -> int:
     detector = load_checkpoint(resolve_model_path(args.detector)[0])
     check_detector(detector)
     # a cascade to start from is read (and refused if it is none) before any training
-    start = (
-        foreground_of(load_checkpoint(resolve_model_path(args.foreground_from)[0]))
+    source = (
+        load_checkpoint(resolve_model_path(args.foreground_from)[0])
         if args.foreground_from
         else None
     )
+    start = foreground_of(source) if source is not None else None
+    # the cut belongs to the U-Net's weights: one trained further keeps its cascade's
+    threshold = args.foreground_threshold
+    if threshold is None:
+        threshold = (
+            source.config.foreground_threshold if source is not None else FOREGROUND_THRESHOLD
+        )
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"--foreground-threshold must be in (0, 1), got {threshold}")
     wells, val_wells = split_wells(args.wells), split_wells(args.val_wells)
     both = sorted(set(wells or ()) & set(val_wells or ()))
     if both:
@@ -111,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
     net = net.cpu().eval()
-    ious = foreground_iou(net, val) if val else []
+    ious = foreground_iou(net, val, threshold) if val else []
     if ious:
         print(f"foreground IoU on {len(val)} validation image(s): {sum(ious) / len(ious):.3f}")
-    model = attach_foreground(detector, net)
+    model = attach_foreground(detector, net, threshold)
     model.card.update(
         name=out.stem,
         description=f"bright-field cascade: foreground U-Net + {args.detector}",
@@ -128,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(last.seconds, 1) if last else 0.0,
             "architecture": config.to_dict(),
             "start": f"the U-Net of {args.foreground_from}" if args.foreground_from else "new",
+            "threshold": threshold,
             "recipe": f"Adam lr {args.lr} cosine, batch {args.batch_size} crops of {args.crop} px,"
             f" core.data.augment (flips/turns, intensity jitter {args.jitter}), BCE + soft Dice,"
             f" bf16 {amp}",

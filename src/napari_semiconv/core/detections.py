@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from napari_semiconv.core.measurements import labels_from_instances
-from napari_semiconv.core.model.foreground import FOREGROUND_THRESHOLD
+from napari_semiconv.core.model.config import ModelConfig
 from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
 from napari_semiconv.core.refine import mask_boxes, resolve_thresholds
 from napari_semiconv.core.tiling import (
@@ -98,12 +98,13 @@ def model_thresholds(
     )
 
 
-def worm_foreground(found: Instances, grey: np.ndarray, input_mode: str) -> np.ndarray | None:
+def worm_foreground(found: Instances, grey: np.ndarray, config: ModelConfig) -> np.ndarray | None:
     """The foreground the detector saw (bool (H, W)), or None: a cascade's U-Net map above
-    ``FOREGROUND_THRESHOLD``, a binary input's non-zero pixels of the normalised ``grey``."""
+    its ``config.foreground_threshold``, a binary input's non-zero pixels of the normalised
+    ``grey``."""
     if found.foreground is not None:
-        return found.foreground > FOREGROUND_THRESHOLD
-    if input_mode == "binary":
+        return found.foreground > config.foreground_threshold
+    if config.input_mode == "binary":
         return grey > 0.5
     return None
 

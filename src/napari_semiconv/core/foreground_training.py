@@ -41,6 +41,7 @@ __all__ = [
     "random_batch",
     "replace_detector",
     "train_foreground_steps",
+    "with_foreground_threshold",
 ]
 
 
@@ -193,15 +194,19 @@ def check_detector(detector: Checkpoint) -> None:
         )
 
 
-def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskRCNN:
+def attach_foreground(
+    detector: Checkpoint, net: ForegroundNet, threshold: float = FOREGROUND_THRESHOLD
+) -> SemiConvMaskRCNN:
     """A bright-field cascade: ``net`` in front of a binary-input detector's weights.
 
-    The result's config is the detector's with ``input_mode="brightfield"`` and the U-Net's
-    architecture; its state is the detector's plus the U-Net's under ``foreground.``. Its card
-    is the detector's, which the caller extends (recipe, data, metrics). Eval mode, on the CPU.
+    The result's config is the detector's with ``input_mode="brightfield"``, the U-Net's
+    architecture and its cut ``threshold`` (``ModelConfig.foreground_threshold``); its state
+    is the detector's plus the U-Net's under ``foreground.``. Its card is the detector's, which
+    the caller extends (recipe, data, metrics). Eval mode, on the CPU.
 
     Raises:
-        ValueError: the detector does not take binary input (or is already a cascade).
+        ValueError: the detector does not take binary input (or is already a cascade), or the
+            threshold is not in (0, 1).
     """
     check_detector(detector)
     config = detector.config
@@ -212,12 +217,13 @@ def attach_foreground(detector: Checkpoint, net: ForegroundNet) -> SemiConvMaskR
         foreground_width=fg.width,
         foreground_depth=fg.depth,
         foreground_max_width=fg.max_width,
+        foreground_threshold=threshold,
     )
     model = build_model(cascade_config)
     state = dict(detector.state_dict)
     state.update({f"foreground.{k}": v.detach().cpu() for k, v in net.state_dict().items()})
     model.load_state_dict(state, strict=True)
-    model.card = cascade_card(detector.card)
+    model.card = cascade_card(detector.card, threshold)
     return model.eval()
 
 
@@ -244,7 +250,7 @@ _DETECTOR_KEYS = (
 )  # fmt: skip
 
 
-def cascade_card(detector_card: dict) -> dict:
+def cascade_card(detector_card: dict, threshold: float = FOREGROUND_THRESHOLD) -> dict:
     """A cascade's starting card: the detector's own entries moved under ``detector_<key>``
     (its metrics are not the cascade's) and the bright-field input described."""
     card = {(f"detector_{k}" if k in _DETECTOR_KEYS else k): v for k, v in detector_card.items()}
@@ -252,7 +258,7 @@ def cascade_card(detector_card: dict) -> dict:
     card["preprocessing"] = {"grey": "luminance", "normalise": "brightfield"}
     card["normalisation"] = (
         "core.preprocess.normalise(brightfield): per-image percentiles -> [0, 1]; the foreground "
-        "U-Net's probability > 0.5 is the detector's binary input"
+        f"U-Net's probability > {threshold:g} is the detector's binary input"
     )
     return card
 
@@ -265,23 +271,48 @@ def replace_detector(cascade: Checkpoint, detector: Checkpoint) -> SemiConvMaskR
     """``cascade`` with ``detector`` in place of its detector; its U-Net is unchanged.
 
     Why: when the binary-input detector is trained further, the bright-field cascade should get
-    it without its U-Net being trained again. The card takes the new detector's entries (under
-    ``detector_<key>``) and keeps the cascade's own (``_CASCADE_KEYS``); the cascade's metrics
-    are dropped, since they measured the old detector.
+    it without its U-Net being trained again (nor its cut changed). The card takes the new
+    detector's entries (under ``detector_<key>``) and keeps the cascade's own
+    (``_CASCADE_KEYS``); the cascade's metrics are dropped, since they measured the old
+    detector.
 
     Raises:
         ValueError: ``cascade`` has no U-Net, or ``detector`` is not a binary-input detector.
     """
-    model = attach_foreground(detector, foreground_of(cascade))
+    threshold = cascade.config.foreground_threshold
+    model = attach_foreground(detector, foreground_of(cascade), threshold)
     model.card.update({k: cascade.card[k] for k in _CASCADE_KEYS if k in cascade.card})
     return model
 
 
-def foreground_iou(net: ForegroundNet, samples: Sequence[Sample]) -> list[float]:
-    """Per sample, the IoU of the thresholded U-Net map with the union of its worm masks."""
+def with_foreground_threshold(cascade: Checkpoint, threshold: float) -> SemiConvMaskRCNN:
+    """``cascade`` with its U-Net cut at ``threshold`` (``ModelConfig.foreground_threshold``),
+    its weights unchanged.
+
+    The card's description of the input follows; its metrics are dropped, since they measured
+    the old cut (the caller records new ones).
+
+    Raises:
+        ValueError: ``cascade`` has no U-Net, or ``threshold`` is not in (0, 1).
+    """
+    if not cascade.config.foreground_width:
+        raise ValueError("this model has no foreground U-Net whose cut could be set")
+    config = dataclasses.replace(cascade.config, foreground_threshold=float(threshold))
+    model = model_from_checkpoint(cascade, device="cpu")
+    model.config = config
+    card = {k: v for k, v in cascade.card.items() if k not in ("metrics", "metrics_protocol")}
+    card["normalisation"] = cascade_card({}, config.foreground_threshold)["normalisation"]
+    model.card = card
+    return model.eval()
+
+
+def foreground_iou(
+    net: ForegroundNet, samples: Sequence[Sample], threshold: float = FOREGROUND_THRESHOLD
+) -> list[float]:
+    """Per sample, the IoU of the U-Net map above ``threshold`` with the union of its worms."""
     scores = []
     for sample in samples:
-        pred = predict_foreground(net, sample.image) > FOREGROUND_THRESHOLD
+        pred = predict_foreground(net, sample.image) > threshold
         true = foreground_target(sample.masks, sample.image.shape)
         union = int(np.count_nonzero(pred | true))
         scores.append(float(np.count_nonzero(pred & true) / union) if union else 1.0)

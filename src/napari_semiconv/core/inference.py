@@ -32,6 +32,7 @@ from napari_semiconv.core.detections import (
     tile_side,
     worm_foreground,
 )
+from napari_semiconv.core.model.config import ModelConfig
 from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise, to_grey
@@ -169,7 +170,7 @@ def segment_steps(
                 found,
                 soft if keep_prob else None,
                 grey,
-                model.config.input_mode,
+                model.config,
                 max_overlap,
                 use_foreground,
             )
@@ -205,7 +206,7 @@ def _refine(
     found: Instances,
     soft: list[SoftMask | None] | None,
     grey: np.ndarray,
-    input_mode: str,
+    config: ModelConfig,
     max_overlap: float,
     use_foreground: bool,
 ) -> Instances:
@@ -214,9 +215,9 @@ def _refine(
     worms).
 
     A binary input's foreground is its non-zero pixels; a cascade's is its U-Net's map above
-    ``FOREGROUND_THRESHOLD`` (exactly the binary image its detector was given).
+    ``config.foreground_threshold`` (exactly the binary image its detector was given).
     """
-    foreground = worm_foreground(found, grey, input_mode) if use_foreground else None
+    foreground = worm_foreground(found, grey, config) if use_foreground else None
     # the masks were made here for this call: refine them in their own buffer
     masks, scores = refine_instances(
         found.masks, found.scores, foreground, max_overlap, inplace=True, soft=soft
@@ -278,7 +279,7 @@ def segment_batch(
         fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
         found = Instances(masks, scores, phi, fg)
         soft = soft if keep_prob else None
-        results.append(_refine(found, soft, grey, model.config.input_mode, max_overlap, True))
+        results.append(_refine(found, soft, grey, model.config, max_overlap, True))
     return results
 
 

@@ -91,7 +91,6 @@ def search_thresholds(
     masks_at = _check_grid("mask thresholds", mask_thresholds)
     overlaps = _check_grid("max overlaps", max_overlaps)
     truths = [s.masks for s in samples]
-    mode = model.config.input_mode
     rows: list[dict[str, Any]] = []
     total = len(masks_at) * len(samples)
     for m, mask_threshold in enumerate(masks_at):
@@ -101,7 +100,7 @@ def search_thresholds(
             if progress is not None:
                 progress(m * len(samples) + i + 1, total)
         foregrounds = [
-            worm_foreground(f, s.image, mode) if use_foreground else None
+            worm_foreground(f, s.image, model.config) if use_foreground else None
             for (f, _), s in zip(found, samples, strict=True)
         ]
         by_score = _per_score(model, samples, found, scores, mask_threshold)

@@ -197,7 +197,9 @@ class SemiConvMaskRCNN(MaskRCNN):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         fg_logits = None
         if self.foreground is not None:
-            fg_logits, images = foreground_stage(self.foreground, list(images))
+            fg_logits, images = foreground_stage(
+                self.foreground, list(images), self.config.foreground_threshold
+            )
         image_list, targets = self.transform(images, targets)
         if targets is not None:
             _check_boxes(targets)

@@ -59,6 +59,10 @@ class ModelConfig:
             U-Net turns the bright-field image into a worm-foreground map and the detector sees
             that map as a binary input (the paper's protocol). Needs ``input_mode="brightfield"``.
         foreground_depth, foreground_max_width: the U-Net's depth and channel cap.
+        foreground_threshold: a pixel is worm where the U-Net's probability exceeds this, both
+            for the detector's binary input and for the clean-up's foreground. A property of
+            the U-Net's weights (how its loss placed the edges), so it travels with them in the
+            checkpoint: worms-brightfield's was chosen on its training wells (0.6).
     """
 
     backbone: str = "resnet18"
@@ -89,6 +93,7 @@ class ModelConfig:
     foreground_width: int = 0
     foreground_depth: int = 4
     foreground_max_width: int = 64
+    foreground_threshold: float = 0.5
 
     @property
     def detector_input_mode(self) -> str:
@@ -144,6 +149,11 @@ class ModelConfig:
             raise ValueError("loss weights must be >= 0")
         if self.foreground_width < 0:
             raise ValueError(f"foreground_width must be >= 0, got {self.foreground_width}")
+        threshold = self.foreground_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"foreground_threshold must be a number, got {threshold!r}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"foreground_threshold must be in (0, 1), got {threshold}")
         if self.foreground_width and self.input_mode != "brightfield":
             raise ValueError(
                 "a foreground U-Net (foreground_width > 0) makes a binary map from bright-field "

@@ -31,7 +31,9 @@ __all__ = [
     "foreground_stage",
 ]
 
-#: A pixel is worm where the U-Net's probability exceeds this (the detector's binary input).
+#: A new U-Net's cut: a pixel is worm where its probability exceeds this (the detector's binary
+#: input). A cascade keeps its own in ``ModelConfig.foreground_threshold`` (worms-brightfield:
+#: 0.6, chosen on its training wells, since its U-Net's edges run a little wide at 0.5).
 FOREGROUND_THRESHOLD = 0.5
 
 
@@ -150,11 +152,11 @@ def foreground_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def foreground_stage(
-    net: ForegroundNet, images: list[torch.Tensor]
+    net: ForegroundNet, images: list[torch.Tensor], threshold: float = FOREGROUND_THRESHOLD
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(1, H, W) bright-field images → ((1, H, W) logits, (1, H, W) binary maps), per image.
 
-    The binary map (1.0 where the probability exceeds ``FOREGROUND_THRESHOLD``) is what the
+    The binary map (1.0 where the probability exceeds ``threshold``) is what the
     detector of a cascade sees; it carries no gradient (the detector is not trained through the
     threshold; the U-Net learns from its own loss). Equal-sized images go through in one batch.
     """
@@ -162,6 +164,6 @@ def foreground_stage(
         logits = list(net(torch.stack(images)))
     else:
         logits = [net(img[None])[0] for img in images]
-    cut = math.log(FOREGROUND_THRESHOLD / (1.0 - FOREGROUND_THRESHOLD))  # logit of the threshold
+    cut = math.log(threshold / (1.0 - threshold))  # logit of the threshold
     binary = [(lg.detach() > cut).to(img.dtype) for lg, img in zip(logits, images, strict=True)]
     return logits, binary
