@@ -20,7 +20,6 @@ held-out scores. The best setting by avS is printed last; the JSON holds every r
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -87,11 +86,8 @@ def main() -> None:
     rows = []
     # the box NMS runs inside the network (torchvision's RoIHeads.nms_thresh), before the
     # mask-overlap suppression of the clean-up: crossing worms have overlapping boxes
-    # the cascade's cut is read from the config at every forward pass and clean-up
-    cuts = args.foreground_cuts or [model.config.foreground_threshold]
-    for box_nms, cut in itertools.product(args.box_nms or [model.roi_heads.nms_thresh], cuts):
+    for box_nms in args.box_nms or [model.roi_heads.nms_thresh]:
         model.roi_heads.nms_thresh = box_nms
-        model.config.foreground_threshold = cut
         found = search_thresholds(
             model,
             samples,
@@ -101,11 +97,9 @@ def main() -> None:
             fill_covers=args.fill_covers,
             divides=divides,
             use_foreground=not args.no_clip,
+            foreground_cuts=args.foreground_cuts or None,
         )
-        extra = {"box_nms": box_nms}
-        if model.config.foreground_width:
-            extra["foreground_threshold"] = cut
-        rows += [{**row, **extra} for row in found]
+        rows += [{**row, "box_nms": box_nms} for row in found]
     for row in rows:
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["avS"])

@@ -274,3 +274,45 @@ def test_train_foreground_continues_a_cascades_unet(trained, dataset, tmp_path, 
                  "--foreground-from", str(detector)])  # fmt: skip
     assert code == 2 and "no foreground U-Net" in capsys.readouterr().err
     assert not (tmp_path / "no.pt").exists()
+
+
+def test_a_cascades_foreground_cut_is_a_setting_recorded_and_replayed(tmp_path, capsys):
+    import tifffile
+
+    from napari_semiconv.core.inference import load_model
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+
+    image, _ = synthetic_worms(seed=3, shape=(160, 200), render="brightfield")
+    path = tmp_path / "well.tif"
+    tifffile.imwrite(path, image)
+    own = load_model("worms-brightfield", device="cpu").config.foreground_threshold
+    common = ["predict", str(path), "--device", "cpu"]
+    assert main([*common, "--model", "worms-brightfield", "--out", str(tmp_path / "own")]) == 0
+    record = json.loads((tmp_path / "own" / "well_run.json").read_text())
+    assert record["settings"]["foreground_threshold"] == own  # recorded as a number
+    assert main([*common, "--model", "worms-brightfield", "--out", str(tmp_path / "cut"),
+                 "--foreground-threshold", "0.85"]) == 0  # fmt: skip
+    record = tmp_path / "cut" / "well_run.json"
+    assert json.loads(record.read_text())["settings"]["foreground_threshold"] == 0.85
+    fewer = tifffile.imread(tmp_path / "cut" / "well_labels.tif")
+    assert np.count_nonzero(fewer) < np.count_nonzero(
+        tifffile.imread(tmp_path / "own" / "well_labels.tif")
+    )
+    # the replay cuts where the run did
+    assert main([*common, "--from-run", str(record), "--out", str(tmp_path / "again")]) == 0
+    again = tifffile.imread(tmp_path / "again" / "well_labels.tif")
+    np.testing.assert_array_equal(again, fewer)
+    # ...and a cascade's record replayed with a binary-input model drops the cut it cannot use
+    assert main([*common, "--from-run", str(record), "--model", "worms-binary",
+                 "--out", str(tmp_path / "binary")]) == 0  # fmt: skip
+    replayed = json.loads((tmp_path / "binary" / "well_run.json").read_text())
+    assert replayed["settings"]["foreground_threshold"] is None
+    capsys.readouterr()
+    # a cut for a model without a foreground network, or outside (0, 1): refused, nothing written
+    code = main([*common, "--model", "worms-binary", "--out", str(tmp_path / "no"),
+                 "--foreground-threshold", "0.6"])  # fmt: skip
+    assert code == 2 and "only a bright-field cascade" in capsys.readouterr().err
+    code = main([*common, "--model", "worms-brightfield", "--out", str(tmp_path / "bad"),
+                 "--foreground-threshold", "1.2"])  # fmt: skip
+    assert code == 2 and "must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists() and not (tmp_path / "bad").exists()

@@ -90,12 +90,17 @@ def test_thresholds_follow_the_models_kind(make_napari_viewer, tiny_model, tmp_p
 
     assert w.set_model("worms-binary")
     assert shown() == pytest.approx(kinds["binary"])
+    assert not w.cut_spin.isEnabled() and w.foreground_cut() is None
     # the tiny bright-field model has no foreground U-Net: a plain bright-field Mask R-CNN
     assert w.set_model(str(tiny_model))
     assert shown() == pytest.approx(kinds["brightfield"])
-    # worms-brightfield is a cascade: its own defaults (chosen on its training wells)
+    assert w.foreground_cut() is None
+    # worms-brightfield is a cascade: its own defaults (chosen on its training wells), and
+    # its U-Net's cut, which only a cascade has
     assert w.set_model("worms-brightfield")
     assert shown() == pytest.approx(kinds["cascade"])
+    cut = load_model("worms-brightfield", device="cpu").config.foreground_threshold
+    assert w.cut_spin.isEnabled() and w.foreground_cut() == pytest.approx(cut)
     # a user's value survives a change to another model of the same kind (the bundled binary
     # model's file, chosen as a file)
     assert w.set_model("worms-binary")
@@ -389,3 +394,67 @@ def test_choose_thresholds_on_a_labels_layer(qtbot, make_napari_viewer):
     assert chosen != pytest.approx(start)
     text = w.result_label.text()
     assert "Thresholds chosen on 'truth'" in text and f"avS {best['avS']:.3f}" in text
+
+
+def test_a_cascades_foreground_cut_reaches_the_run_and_its_record(qtbot, make_napari_viewer):
+    # the Foreground cut is what the core cuts the U-Net's map at, and what the record replays
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_worms(seed=3, shape=(160, 200), render="brightfield")
+    viewer.add_image(image, name="well")
+    w = SegmentWidget(viewer)
+    assert w.set_model("worms-brightfield")
+    w.device_combo.setCurrentText("cpu")
+    w.cut_spin.setValue(0.85)
+    _run(qtbot, w)
+    result = w.last_result
+    assert result.run_info["settings"]["foreground_threshold"] == pytest.approx(0.85)
+    ((_, found),) = result.planes
+    assert found.foreground is not None and len(found) > 0
+    assert not (found.masks & ~(found.foreground > 0.85)).any()
+    # the run does not change the model's own cut (the next run at another cut differs)
+    w.cut_spin.setValue(0.3)
+    _run(qtbot, w)
+    ((_, lower),) = w.last_result.planes
+    assert lower.masks.any(axis=0).sum() > found.masks.any(axis=0).sum()
+    # a binary-input model has no cut: none is sent, none recorded
+    assert w.set_model("worms-binary")
+    assert w._request().foreground_threshold is None
+
+
+def test_choosing_thresholds_for_a_cascade_chooses_its_cut_too(qtbot, make_napari_viewer):
+    from napari_semiconv.core.measurements import labels_from_instances
+    from napari_semiconv.core.refine import FOREGROUND_CUT_GRID
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+    from napari_semiconv.plugin._tune_worker import run_tuning
+    from napari_semiconv.plugin._workers import ModelCache
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, masks = synthetic_worms(seed=4, shape=(160, 200), render="brightfield")
+    viewer.add_image(image, name="well")
+    viewer.add_labels(labels_from_instances(masks), name="truth")
+    w = SegmentWidget(viewer)
+    assert w.set_model("worms-brightfield")
+    w.device_combo.setCurrentText("cpu")
+    w.cut_spin.setValue(0.35)  # off the grid: scored as the current setting
+    w.tuner.labels_combo.setCurrentIndex(w.tuner.labels_combo.findText("truth"))
+    request = w.tuner._request()
+    assert request.foreground_threshold == pytest.approx(0.35)
+    steps = run_tuning(request, ModelCache())
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    cuts = {r["foreground_threshold"] for r in result.rows}
+    assert cuts == {*FOREGROUND_CUT_GRID, 0.35}
+    assert result.current is not None and result.current["foreground_threshold"] == 0.35
+    assert result.best["avS"] == max(r["avS"] for r in result.rows)
+    # the widget takes the best setting, its cut included
+    w.tuner._on_returned(result)
+    assert w.cut_spin.value() == pytest.approx(result.best["foreground_threshold"])
+    assert "foreground cut" in w.result_label.text()

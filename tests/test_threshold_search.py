@@ -138,3 +138,87 @@ def test_a_tiled_image_is_scored_as_segment_tiles_it(binary_model):
         found = segment(binary_model, sample.image, preprocessed=True, **setting)
         summary = evaluate([(found.masks, found.scores)], [masks], per_image_ap=False).summary
         assert row["avS"] == pytest.approx(summary["avS"]) and row["n_pred"] == len(found)
+
+
+@pytest.fixture(scope="module")
+def cascade_model():
+    return load_model("worms-brightfield", device="cpu")
+
+
+def _brightfield_samples(seeds=(3, 4)) -> list[Sample]:
+    out = []
+    for seed in seeds:
+        image, masks = synthetic_worms(seed=seed, render="brightfield")
+        out.append(Sample(normalise(image, "brightfield"), masks, f"bf{seed}"))
+    return out
+
+
+def test_a_cascades_cut_is_searched_as_segment_runs_it(cascade_model):
+    samples = _brightfield_samples((3,))
+    own = cascade_model.config.foreground_threshold
+    seen = []
+    rows = search_thresholds(
+        cascade_model, samples, (0.7,), (0.4,), (0.3,), foreground_cuts=(0.3, 0.8),
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    assert [r["foreground_threshold"] for r in rows] == [0.3, 0.8]
+    assert seen == [(1, 2), (2, 2)]  # one pass per cut, counted on across cuts
+    assert cascade_model.config.foreground_threshold == own  # restored
+    # the cuts change what the detector sees, so the rows differ...
+    assert rows[0]["n_pred"] != rows[1]["n_pred"] or rows[0]["avS"] != rows[1]["avS"]
+    # ...and each is segment's result with the model at that cut
+    for row in rows:
+        cascade_model.config.foreground_threshold = row["foreground_threshold"]
+        try:
+            found = segment(cascade_model, samples[0].image, preprocessed=True)
+        finally:
+            cascade_model.config.foreground_threshold = own
+        summary = evaluate(
+            [(found.masks, found.scores)], [samples[0].masks], per_image_ap=False
+        ).summary
+        assert row["avS"] == pytest.approx(summary["avS"]) and row["n_pred"] == len(found)
+    # without cuts, the model's own cut only
+    plain = search_thresholds(cascade_model, samples, (0.7,), (0.4,), (0.3,))
+    assert [r["foreground_threshold"] for r in plain] == [own]
+    with pytest.raises(ValueError, match=r"foreground cuts must be in \(0, 1\)"):
+        search_thresholds(cascade_model, samples, foreground_cuts=(0.5, 1.0))
+    assert cascade_model.config.foreground_threshold == own
+
+
+def test_only_a_cascade_has_a_cut_to_search(binary_model, samples):
+    with pytest.raises(ValueError, match="only a bright-field cascade"):
+        search_thresholds(binary_model, samples, foreground_cuts=(0.5,))
+    rows = search_thresholds(binary_model, samples[:1], (0.5,), (0.3,), (0.3,))
+    assert "foreground_threshold" not in rows[0]
+
+
+def test_tune_thresholds_gives_a_cascade_copy_its_chosen_cut(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for seed in (3, 4):
+        image, masks = synthetic_worms(seed=seed, render="brightfield")
+        tifffile.imwrite(root / "images" / f"well{seed}.tif", image)
+        tifffile.imwrite(root / "labels" / f"well{seed}.tif", labels_from_instances(masks))
+    out = tmp_path / "tuned.pt"
+    grid = ["--data", str(root), "--layout", "folders", "--device", "cpu", "--score-thresholds",
+            "0.7", "--mask-thresholds", "0.4", "--max-overlaps", "0.3", "--foreground-cuts",
+            "0.3,0.8"]  # fmt: skip
+    assert main(["tune-thresholds", "--model", "worms-brightfield", "--out", str(out), *grid]) == 0
+    printed = capsys.readouterr().out
+    assert "'foreground_threshold': 0.6" in printed  # the defaults now, before the search
+    ckpt = load_checkpoint(out)
+    cut = ckpt.config.foreground_threshold
+    assert cut in (0.3, 0.8) and ckpt.card["postprocess"]["foreground_threshold"] == cut
+    assert f"> {cut:g} is the detector's binary input" in ckpt.card["normalisation"]
+    # the copy segments at its cut by default
+    tuned = load_model(out, device="cpu")
+    image = tifffile.imread(root / "images" / "well3.tif")
+    bundled = load_model("worms-brightfield", device="cpu")
+    bundled.config.foreground_threshold = cut
+    np.testing.assert_array_equal(segment(tuned, image).masks, segment(bundled, image).masks)
+    # cuts for a model without a U-Net are refused before any work
+    refused = tmp_path / "b.pt"
+    assert main(["tune-thresholds", "--model", "worms-binary", "--out", str(refused), *grid]) == 2
+    assert "only a bright-field cascade" in capsys.readouterr().err
+    assert not refused.exists()

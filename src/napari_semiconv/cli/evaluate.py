@@ -23,6 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--mask-threshold", type=float, help="default: the model's own")
     p.add_argument("--max-overlap", type=float, help="default: the model's own")
     p.add_argument(
+        "--foreground-threshold",
+        type=float,
+        help="bright-field cascades: a pixel is worm where the foreground network's probability "
+        "exceeds this (default: the model's own; worms-brightfield 0.6)",
+    )
+    p.add_argument(
         "--no-foreground",
         dest="use_foreground",
         action="store_false",
@@ -59,6 +65,7 @@ def _clean(value):
 def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.evaluation import evaluate
     from napari_semiconv.core.inference import load_model, segment
+    from napari_semiconv.core.model.run_modes import check_foreground_cut
     from napari_semiconv.core.training_data import read_samples
 
     model = load_model(args.model, device=args.device)
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             f"--input {args.input} does not match the model's input mode {mode!r}; "
             f"drop --input or pass --input {mode}"
         )
+    check_foreground_cut(model, args.foreground_threshold)  # before reading any data
     samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
     predictions = []
     for i, sample in enumerate(samples):
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 divide_touching=args.divide_touching,
                 tile_size=args.tile_size,
                 views=args.views,
+                foreground_threshold=args.foreground_threshold,
                 preprocessed=True,
             )
         )

@@ -19,10 +19,13 @@ from napari_semiconv.core.refine import postprocess_defaults_of
 #: model's own, ``core.refine.postprocess_defaults_of``, recorded as numbers). A record
 #: from before max_overlap existed is replayed as that run was made: no mask-overlap suppression
 #: and no use of a binary input's foreground; one from before divide_touching, without it.
+#: foreground_threshold (a bright-field cascade's U-Net cut) is recorded as a number for a
+#: cascade and None for other models.
 DEFAULTS = {
     "score_threshold": None,
     "mask_threshold": None,
     "max_overlap": None,
+    "foreground_threshold": None,
     "use_foreground": True,
     "divide_touching": True,
     "tile_size": None,
@@ -48,6 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--max-overlap",
         type=float,
         help="drop the lower-scoring of two worms whose masks overlap above this IoU (1: keep)",
+    )
+    p.add_argument(
+        "--foreground-threshold",
+        type=float,
+        help="bright-field cascades: a pixel is worm where the foreground network's probability "
+        "exceeds this (default: the model's own; worms-brightfield 0.6)",
     )
     p.add_argument(
         "--no-foreground",
@@ -113,6 +122,7 @@ def _model_from_run(record: dict, device: str):
 def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.export import read_run_json, write_run_outputs
     from napari_semiconv.core.inference import load_model, run_info, segment
+    from napari_semiconv.core.model.run_modes import check_foreground_cut
 
     settings = dict(DEFAULTS)
     if args.from_run:
@@ -137,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "score_threshold",
         "mask_threshold",
         "max_overlap",
+        "foreground_threshold",
         "use_foreground",
         "divide_touching",
         "tile_size",
@@ -149,6 +160,16 @@ def run(args: argparse.Namespace) -> int:
     for key, value in postprocess_defaults_of(model.config.postprocess_kind, model.card).items():
         if settings[key] is None:
             settings[key] = value
+    if not model.config.foreground_width:
+        if args.foreground_threshold is not None:
+            raise ValueError(
+                "--foreground-threshold: only a bright-field cascade (a model with a foreground "
+                "network, such as worms-brightfield) has a foreground cut"
+            )
+        settings["foreground_threshold"] = None  # a cascade's record replayed with another model
+    elif settings["foreground_threshold"] is None:
+        settings["foreground_threshold"] = model.config.foreground_threshold
+    check_foreground_cut(model, settings["foreground_threshold"])  # before any image is read
     out = Path(args.out)
     stems = [Path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):

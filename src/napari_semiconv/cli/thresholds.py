@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from napari_semiconv.cli.common import add_data_arguments, split_wells
-from napari_semiconv.core.refine import SEARCH_GRID
+from napari_semiconv.core.refine import FOREGROUND_CUT_GRID, SEARCH_GRID
 
 
 def _floats(text: str) -> list[float]:
@@ -21,7 +21,8 @@ def _floats(text: str) -> list[float]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "tune-thresholds",
-        help="choose a model's score/mask/overlap thresholds on annotated images",
+        help="choose a model's score/mask/overlap thresholds (and a cascade's foreground cut) "
+        "on annotated images",
         description="Segment every image of --data once per mask threshold, score every "
         "combination of the thresholds against the labels (COCO mask AP, avS) and save a copy of "
         "the model (--out) whose card records the best as its defaults. Use images the model was "
@@ -35,13 +36,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     for flag, values in zip(("--score-thresholds", "--mask-thresholds", "--max-overlaps"),
                             SEARCH_GRID, strict=True):  # fmt: skip
         p.add_argument(flag, type=_floats, default=list(values), help="comma-separated")
+    p.add_argument(
+        "--foreground-cuts",
+        type=_floats,
+        help="a bright-field cascade's U-Net cuts to try (the network runs again for each; "
+        f"default: {','.join(map(str, FOREGROUND_CUT_GRID))} and the model's own)",
+    )
     p.add_argument("--json", action="store_true", help="end with the chosen row as one JSON line")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_semiconv.core.foreground_training import cascade_normalisation
     from napari_semiconv.core.inference import load_model
     from napari_semiconv.core.refine import POSTPROCESS_KEYS, postprocess_defaults_of
     from napari_semiconv.core.threshold_search import (
@@ -58,8 +68,16 @@ def run(args: argparse.Namespace) -> int:
     mode = model.config.input_mode
     if args.input and args.input != mode:
         raise ValueError(f"--input {args.input} does not match the model's input mode {mode!r}")
+    cascade = bool(model.config.foreground_width)
+    cuts = args.foreground_cuts
+    if cuts is not None and not cascade:
+        raise ValueError("--foreground-cuts: only a bright-field cascade has a foreground cut")
+    if cascade and cuts is None:
+        cuts = sorted({*FOREGROUND_CUT_GRID, model.config.foreground_threshold})
     samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
     before = postprocess_defaults_of(model.config.postprocess_kind, model.card)
+    if cascade:
+        before["foreground_threshold"] = model.config.foreground_threshold
     print(f"{len(samples)} annotated image(s); the model's defaults now: {before}", flush=True)
     rows = search_thresholds(
         model,
@@ -68,22 +86,29 @@ def run(args: argparse.Namespace) -> int:
         args.mask_thresholds,
         args.max_overlaps,
         progress=lambda done, total: print(f"[{done}/{total}] images segmented", flush=True),
+        foreground_cuts=cuts,
     )
-    print("score  mask  overlap      AP     avS  found/true")
+    print(("  cut" if cascade else "") + "score  mask  overlap      AP     avS  found/true")
     for r in rows:
         ap = "   -  " if r["AP"] is None else f"{r['AP']:.3f}"
         avs = "   -  " if r["avS"] is None else f"{r['avS']:.3f}"
+        cut = f"{r['foreground_threshold']:5.2f}" if cascade else ""
         print(
-            f"{r['score_threshold']:5.2f} {r['mask_threshold']:5.2f} {r['max_overlap']:8.2f} "
+            f"{cut}{r['score_threshold']:5.2f} {r['mask_threshold']:5.2f} {r['max_overlap']:8.2f} "
             f"{ap:>7} {avs:>7}  {r['n_pred']}/{r['n_true']}"
         )
     best = best_setting(rows, args.metric)
     card = with_thresholds(model.card, best, args.metric, [s.name for s in samples])
     card["name"] = out.stem
+    if cascade:  # the chosen cut is the copy's own: its config carries it
+        model.config = dataclasses.replace(
+            model.config, foreground_threshold=best["foreground_threshold"]
+        )
+        card["normalisation"] = cascade_normalisation(model.config.foreground_threshold)
     # an fp16 file (a bundled model) stays fp16: the copy is as small as the original
     half = load_checkpoint(model.source["path"]).half
     save_checkpoint(out, model.cpu(), card, half=half, overwrite=False)
-    chosen = {k: best[k] for k in POSTPROCESS_KEYS}
+    chosen = {k: best[k] for k in (*POSTPROCESS_KEYS, "foreground_threshold") if k in best}
     print(f"best by {args.metric}: {chosen} ({args.metric} {best[args.metric]:.3f}); wrote {out}")
     if args.json:
         print(json.dumps({**best, "out": str(out)}))

@@ -33,6 +33,7 @@ __all__ = [
     "ForegroundProgress",
     "attach_foreground",
     "cascade_card",
+    "cascade_normalisation",
     "check_detector",
     "foreground_iou",
     "foreground_of",
@@ -256,11 +257,16 @@ def cascade_card(detector_card: dict, threshold: float = FOREGROUND_THRESHOLD) -
     card = {(f"detector_{k}" if k in _DETECTOR_KEYS else k): v for k, v in detector_card.items()}
     card["input_mode"] = "brightfield"
     card["preprocessing"] = {"grey": "luminance", "normalise": "brightfield"}
-    card["normalisation"] = (
+    card["normalisation"] = cascade_normalisation(threshold)
+    return card
+
+
+def cascade_normalisation(threshold: float) -> str:
+    """A cascade card's description of its input, which names the U-Net's cut."""
+    return (
         "core.preprocess.normalise(brightfield): per-image percentiles -> [0, 1]; the foreground "
         f"U-Net's probability > {threshold:g} is the detector's binary input"
     )
-    return card
 
 
 # a cascade's own card entries, which describe the cascade and its U-Net, not the detector
@@ -301,7 +307,7 @@ def with_foreground_threshold(cascade: Checkpoint, threshold: float) -> SemiConv
     model = model_from_checkpoint(cascade, device="cpu")
     model.config = config
     card = {k: v for k, v in cascade.card.items() if k not in ("metrics", "metrics_protocol")}
-    card["normalisation"] = cascade_card({}, config.foreground_threshold)["normalisation"]
+    card["normalisation"] = cascade_normalisation(config.foreground_threshold)
     model.card = card
     return model.eval()
 

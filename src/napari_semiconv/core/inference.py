@@ -33,7 +33,12 @@ from napari_semiconv.core.detections import (
     worm_foreground,
 )
 from napari_semiconv.core.model.config import ModelConfig
-from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
+from napari_semiconv.core.model.run_modes import (
+    check_foreground_cut,
+    detection_threshold,
+    foreground_cut,
+    native_scale,
+)
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise, to_grey
 from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
@@ -89,6 +94,7 @@ def segment_steps(
     use_foreground: bool = True,
     divide_touching: bool = True,
     views: int = 1,
+    foreground_threshold: float | None = None,
 ) -> Generator[SegmentProgress, None, Instances]:
     """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
 
@@ -120,6 +126,9 @@ def segment_steps(
         views: test-time augmentation: run the network on this many flipped/transposed views
             of the image (1, 2, 4 or 8) and fuse their worms (``core.tta``); costs one pass
             per view.
+        foreground_threshold: a bright-field cascade's U-Net cut: a pixel is worm (for the
+            detector's input and the clean-up) where the map exceeds it; None: the model's own
+            (``ModelConfig.foreground_threshold``). Refused for other models.
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
     crops to their RoI boxes (a bool mask and a uint8 probability each); the result holds N·H·W
@@ -139,6 +148,7 @@ def segment_steps(
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views_of(views)  # a bad number of views fails before any work
+    check_foreground_cut(model, foreground_threshold)  # and so does a bad cut
     if preprocessed:
         grey = np.asarray(image, dtype=np.float32)
         if grey.ndim != 2:
@@ -153,45 +163,46 @@ def segment_steps(
         # still fire on it, so it is not shown to the network at all
         yield SegmentProgress(1, 1, "blank image: nothing to segment")
         return no_worms(model, height, width)
-    while True:
-        try:
-            keep_prob = _divides(model, divide_touching, use_foreground)
-            if views == 1:
-                found, soft = yield from detect_steps(
-                    model, grey, tile_size, overlap, batch_size, score_threshold,
-                    mask_threshold, keep_prob,
-                )  # fmt: skip
-            else:
-                found, soft = yield from detect_views_steps(
-                    model, grey, views, tile_size, overlap, batch_size, score_threshold,
-                    mask_threshold,
-                )  # fmt: skip
-            return _refine(
-                found,
-                soft if keep_prob else None,
-                grey,
-                model.config,
-                max_overlap,
-                use_foreground,
-            )
-        except torch.OutOfMemoryError as exc:
-            # out of memory: free what the failed pass held and retry with half the tile side
-            # (and one tile per pass); below the 32-px floor there is nothing left to try
-            if device_of(model).type == "cuda":
-                torch.cuda.empty_cache()
-            smaller = min(tile_size, max(height, width)) // 2
-            if smaller < 32:
-                raise RuntimeError(
-                    f"out of memory even with {tile_size}-px tiles; choose a smaller tile size, "
-                    "the cpu device, or close other programs using the GPU"
-                ) from exc
-            message = (
-                f"out of memory with {tile_size}-px tiles on {device_of(model)}; "
-                f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
-            )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            yield SegmentProgress(0, 0, message)
-            tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
+    with foreground_cut(model, foreground_threshold):
+        while True:
+            try:
+                keep_prob = _divides(model, divide_touching, use_foreground)
+                if views == 1:
+                    found, soft = yield from detect_steps(
+                        model, grey, tile_size, overlap, batch_size, score_threshold,
+                        mask_threshold, keep_prob,
+                    )  # fmt: skip
+                else:
+                    found, soft = yield from detect_views_steps(
+                        model, grey, views, tile_size, overlap, batch_size, score_threshold,
+                        mask_threshold,
+                    )  # fmt: skip
+                return _refine(
+                    found,
+                    soft if keep_prob else None,
+                    grey,
+                    model.config,
+                    max_overlap,
+                    use_foreground,
+                )
+            except torch.OutOfMemoryError as exc:
+                # out of memory: free what the failed pass held and retry with half the tile side
+                # (and one tile per pass); below the 32-px floor there is nothing left to try
+                if device_of(model).type == "cuda":
+                    torch.cuda.empty_cache()
+                smaller = min(tile_size, max(height, width)) // 2
+                if smaller < 32:
+                    raise RuntimeError(
+                        f"out of memory even with {tile_size}-px tiles; choose a smaller tile "
+                        "size, the cpu device, or close other programs using the GPU"
+                    ) from exc
+                message = (
+                    f"out of memory with {tile_size}-px tiles on {device_of(model)}; "
+                    f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
+                )
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                yield SegmentProgress(0, 0, message)
+                tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
 
 
 def _divides(model: torch.nn.Module, divide_touching: bool, use_foreground: bool) -> bool:
@@ -237,15 +248,18 @@ def segment_batch(
     mask_threshold: float | None = None,
     max_overlap: float | None = None,
     divide_touching: bool = True,
+    foreground_threshold: float | None = None,
 ) -> list[Instances]:
     """Segment several images in one forward pass (throughput on a GPU); one Instances each.
 
     Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
-    through :func:`segment`, which tiles them. Preprocessing is :func:`segment`'s.
+    through :func:`segment`, which tiles them. Preprocessing and the arguments are
+    :func:`segment`'s.
     """
     score_threshold, mask_threshold, max_overlap = model_thresholds(
         model, score_threshold, mask_threshold, max_overlap
     )
+    check_foreground_cut(model, foreground_threshold)
     keep_prob = _divides(model, divide_touching, True)
     device = device_of(model)
     greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]
@@ -262,25 +276,41 @@ def segment_batch(
             torch.inference_mode(),
             native_scale(model),
             detection_threshold(model, score_threshold),
+            foreground_cut(model, foreground_threshold),
         ):
             outputs = model(
                 [torch.from_numpy(np.ascontiguousarray(g))[None].to(device) for g in greys]
             )
+            results = [
+                _segment_one(model, grey, out, score_threshold, mask_threshold, keep_prob,
+                             max_overlap)
+                for grey, out in zip(greys, outputs, strict=True)
+            ]  # fmt: skip
     finally:
         model.train(was_training)
-    results = []
-    for grey, out in zip(greys, outputs, strict=True):
-        height, width = grey.shape
-        tiles = tile_grid(height, width, max(height, width), 0)
-        candidates: list[Candidate] = []
-        collect_candidates(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
-        masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
-        phi = out["displacement"].float().cpu().numpy()
-        fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
-        found = Instances(masks, scores, phi, fg)
-        soft = soft if keep_prob else None
-        results.append(_refine(found, soft, grey, model.config, max_overlap, True))
     return results
+
+
+def _segment_one(
+    model: torch.nn.Module,
+    grey: np.ndarray,
+    out: dict[str, torch.Tensor],
+    score_threshold: float,
+    mask_threshold: float,
+    keep_prob: bool,
+    max_overlap: float,
+) -> Instances:
+    """One image's worms from its share of :func:`segment_batch`'s forward pass, cleaned up
+    (run under the pass's foreground cut: the clean-up reads it too)."""
+    height, width = grey.shape
+    tiles = tile_grid(height, width, max(height, width), 0)
+    candidates: list[Candidate] = []
+    collect_candidates(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
+    masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
+    phi = out["displacement"].float().cpu().numpy()
+    fg = out["foreground"].float().cpu().numpy() if "foreground" in out else None
+    found = Instances(masks, scores, phi, fg)
+    return _refine(found, soft if keep_prob else None, grey, model.config, max_overlap, True)
 
 
 def run_info(

@@ -26,6 +26,7 @@ from napari_semiconv.core.tiling import SoftMask
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "FILL_MIN_COVER",
+    "FOREGROUND_CUT_GRID",
     "POSTPROCESS_DEFAULTS",
     "POSTPROCESS_KEYS",
     "SEARCH_GRID",
@@ -58,6 +59,9 @@ POSTPROCESS_KEYS = ("score_threshold", "mask_threshold", "max_overlap")
 #: the values ``core.threshold_search`` tries by default, in POSTPROCESS_KEYS order: around
 #: every kind's defaults above
 SEARCH_GRID = ((0.3, 0.4, 0.5, 0.6, 0.7), (0.3, 0.4, 0.5), (0.2, 0.3, 0.5))
+#: the U-Net cuts (``ModelConfig.foreground_threshold``) a cascade's search tries besides its
+#: own: worms-brightfield's 0.6 was chosen from 0.3-0.7 on its training wells
+FOREGROUND_CUT_GRID = (0.4, 0.5, 0.6, 0.7)
 #: fill_lone_worms's min_cover in `segment` (binary input), chosen on the same training wells.
 FILL_MIN_COVER = 0.5
 

@@ -26,6 +26,7 @@ import torch
 
 from napari_semiconv.core.evaluation import evaluate
 from napari_semiconv.core.inference import AUTO_TILE_SIZE, detect, worm_foreground
+from napari_semiconv.core.model.run_modes import foreground_cut
 from napari_semiconv.core.refine import (
     FILL_MIN_COVER,
     POSTPROCESS_KEYS,
@@ -66,6 +67,7 @@ def search_thresholds(
     divides: Sequence[bool] = (True,),
     use_foreground: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    foreground_cuts: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every combination of the thresholds on ``samples``; one row each.
 
@@ -77,19 +79,68 @@ def search_thresholds(
         fill_covers / divides / use_foreground: the clean-up steps of a model that sees a
             foreground (binary input, bright-field cascade); ignored for the others.
         progress: called with (images done, images in all) as the network runs.
+        foreground_cuts: a bright-field cascade's U-Net cuts to try
+            (``ModelConfig.foreground_threshold``; the network runs again for each, and the
+            model's own cut is restored after); None: its own cut only.
 
     Returns:
         rows of {"score_threshold", "mask_threshold", "max_overlap", "fill_min_cover",
-        "divide", "use_foreground", AP, AP50, AP75, avS, S50, S90, "n_pred", "n_true"}.
+        "divide", "use_foreground", AP, AP50, AP75, avS, S50, S90, "n_pred", "n_true"}, and
+        for a cascade "foreground_threshold".
 
     Raises:
-        ValueError: no samples, or a threshold outside [0, 1].
+        ValueError: no samples, a threshold outside [0, 1], a cut outside (0, 1), or cuts for
+            a model without a foreground U-Net.
     """
     if not samples:
         raise ValueError("no annotated images to choose thresholds on")
-    scores = _check_grid("score thresholds", score_thresholds)
-    masks_at = _check_grid("mask thresholds", mask_thresholds)
-    overlaps = _check_grid("max overlaps", max_overlaps)
+    grids = (
+        _check_grid("score thresholds", score_thresholds),
+        _check_grid("mask thresholds", mask_thresholds),
+        _check_grid("max overlaps", max_overlaps),
+    )
+    config = model.config
+    cascade = bool(config.foreground_width)
+    if foreground_cuts is None:
+        cuts = [config.foreground_threshold]
+    elif not cascade:
+        raise ValueError("only a bright-field cascade has a foreground cut to choose")
+    else:
+        cuts = _check_grid("foreground cuts", foreground_cuts)
+        if min(cuts) <= 0.0 or max(cuts) >= 1.0:
+            raise ValueError(f"foreground cuts must be in (0, 1), got {cuts}")
+    total = len(cuts) * len(grids[1]) * len(samples)
+    rows: list[dict[str, Any]] = []
+    for c, cut in enumerate(cuts):
+        before = c * len(grids[1]) * len(samples)  # images segmented at earlier cuts
+        step = None if progress is None else _offset(progress, before, total)
+        with foreground_cut(model, cut if cascade else None):
+            found = _search_at_cut(
+                model, samples, *grids, fill_covers, divides, use_foreground, step
+            )
+        rows += [{**r, "foreground_threshold": cut} if cascade else r for r in found]
+    return rows
+
+
+def _offset(
+    progress: Callable[[int, int], None], before: int, total: int
+) -> Callable[[int, int], None]:
+    """``progress`` for one cut's pass: its (done, of) counted on from ``before`` of ``total``."""
+    return lambda done, _of: progress(before + done, total)
+
+
+def _search_at_cut(
+    model: torch.nn.Module,
+    samples: Sequence[Any],
+    scores: list[float],
+    masks_at: list[float],
+    overlaps: list[float],
+    fill_covers: Sequence[float],
+    divides: Sequence[bool],
+    use_foreground: bool,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    """:func:`search_thresholds`'s rows at the model's present cut."""
     truths = [s.masks for s in samples]
     rows: list[dict[str, Any]] = []
     total = len(masks_at) * len(samples)
@@ -184,8 +235,11 @@ def with_thresholds(
 ) -> dict[str, Any]:
     """A copy of ``card`` recording ``row``'s thresholds as the model's own defaults."""
     new = dict(card)
+    # a cascade's chosen cut goes into the model's config (the caller's job); noted here too
+    cut = {k: float(row[k]) for k in ("foreground_threshold",) if k in row}
     new["postprocess"] = {
         **{k: float(row[k]) for k in POSTPROCESS_KEYS},
+        **cut,
         "chosen_by": metric,
         "score": None if row.get(metric) is None else round(float(row[metric]), 4),
         "images": list(images),

@@ -218,8 +218,13 @@ class ModelPicker:
 
 
 def _model_defaults(config: dict | None, card: dict | None) -> dict[str, float] | None:
-    """A listed model's threshold defaults, or None when its config names no known kind."""
+    """A listed model's threshold defaults, or None when its config names no known kind; a
+    bright-field cascade's include its U-Net's cut ("foreground_threshold")."""
+    config = config or {}
     try:
-        return postprocess_defaults_of(postprocess_kind(config or {}), card)
+        defaults = postprocess_defaults_of(postprocess_kind(config), card)
     except ValueError:
         return None
+    if config.get("foreground_width"):
+        defaults["foreground_threshold"] = float(config.get("foreground_threshold", 0.5))
+    return defaults

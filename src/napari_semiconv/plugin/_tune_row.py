@@ -36,8 +36,8 @@ class ThresholdTuner:
         )
         self.button = QPushButton("Choose thresholds")
         self.button.setToolTip(
-            "Score every setting of the three thresholds against the labels (avS, COCO AP) "
-            "and set the best."
+            "Score every setting of the three thresholds (and a bright-field cascade's "
+            "foreground cut) against the labels (avS, COCO AP) and set the best."
         )
         self.button.clicked.connect(self._clicked)
         self.row = QHBoxLayout()
@@ -105,6 +105,7 @@ class ThresholdTuner:
             current={
                 k: round(float(s.value()), 4) for k, s in zip(KEYS, owner.spins(), strict=True)
             },
+            foreground_threshold=_rounded(owner.foreground_cut()),
         )
 
     def _on_update(self, update: RunUpdate) -> None:
@@ -118,11 +119,16 @@ class ThresholdTuner:
         best = result.best
         for key, spin in zip(KEYS, self.owner.spins(), strict=True):
             spin.setValue(float(best[key]))
+        cut = ""
+        if "foreground_threshold" in best:  # a cascade: its U-Net's cut was chosen too
+            self.owner.cut_spin.setValue(float(best["foreground_threshold"]))
+            cut = f", foreground cut {best['foreground_threshold']:.2f}"
         before = "" if result.current is None else f"; before: {result.current['avS']:.3f}"
         self.owner.result_label.setText(
             f"Thresholds chosen on {result.request.labels_name!r}: score "
             f"{best['score_threshold']:.2f}, mask {best['mask_threshold']:.2f}, overlap "
-            f"{best['max_overlap']:.2f} (avS {best['avS']:.3f}{before}; AP {best['AP']:.3f})"
+            f"{best['max_overlap']:.2f}{cut} (avS {best['avS']:.3f}{before}; AP "
+            f"{best['AP']:.3f})"
         )
 
     def _on_error(self, exc: BaseException) -> None:
@@ -137,3 +143,9 @@ class ThresholdTuner:
         self.worker = None
         self.button.setText("Choose thresholds")
         self.button.setEnabled(True)
+
+
+def _rounded(value: float | None) -> float | None:
+    """A spin box's value as the search grid holds it (4 decimals), so the current setting's
+    row is found among the scored ones."""
+    return None if value is None else round(float(value), 4)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.refine import SEARCH_GRID
+from ..core.refine import FOREGROUND_CUT_GRID, SEARCH_GRID
 from ._workers import ModelCache, RunUpdate
 
 SCORE_THRESHOLDS, MASK_THRESHOLDS, MAX_OVERLAPS = SEARCH_GRID
@@ -30,6 +30,7 @@ class TuneRequest:
     model: str
     device: str
     current: dict[str, float]  # the widget's thresholds now, scored for comparison
+    foreground_threshold: float | None = None  # the widget's cut (a cascade), else None
 
 
 @dataclass
@@ -57,7 +58,8 @@ def _sample(request: TuneRequest, input_mode: str) -> Any:
 
 
 def run_tuning(request: TuneRequest, cache: ModelCache) -> Generator[RunUpdate, None, TuneResult]:
-    """Score every threshold setting on the request's image against its labels."""
+    """Score every threshold setting (a cascade: at every foreground cut) on the request's
+    image against its labels."""
     from ..core.threshold_search import best_setting, search_thresholds
 
     yield RunUpdate(0, len(MASK_THRESHOLDS), "loading the model")
@@ -66,10 +68,22 @@ def run_tuning(request: TuneRequest, cache: ModelCache) -> Generator[RunUpdate, 
     masks = sorted({*MASK_THRESHOLDS, request.current["mask_threshold"]})
     scores = sorted({*SCORE_THRESHOLDS, request.current["score_threshold"]})
     overlaps = sorted({*MAX_OVERLAPS, request.current["max_overlap"]})
+    current_cut = request.foreground_threshold
+    if not model.config.foreground_width:
+        current_cut = None  # the widget's cut is off for models without a foreground network
+    cuts = [None] if current_cut is None else sorted({*FOREGROUND_CUT_GRID, current_cut})
+    passes = [(cut, mask) for cut in cuts for mask in masks]
     rows: list[dict[str, Any]] = []
-    for done, mask_threshold in enumerate(masks):
-        yield RunUpdate(done, len(masks), f"mask threshold {mask_threshold:.2f}")
-        rows += search_thresholds(model, [sample], scores, [mask_threshold], overlaps)
-    yield RunUpdate(len(masks), len(masks), "scored")
-    current = next((r for r in rows if all(r[k] == v for k, v in request.current.items())), None)
+    for done, (cut, mask_threshold) in enumerate(passes):
+        text = f"mask threshold {mask_threshold:.2f}"
+        yield RunUpdate(done, len(passes), text if cut is None else f"cut {cut:.2f}, {text}")
+        rows += search_thresholds(
+            model, [sample], scores, [mask_threshold], overlaps,
+            foreground_cuts=None if cut is None else [cut],
+        )  # fmt: skip
+    yield RunUpdate(len(passes), len(passes), "scored")
+    now = dict(request.current)
+    if current_cut is not None:
+        now["foreground_threshold"] = current_cut
+    current = next((r for r in rows if all(r[k] == v for k, v in now.items())), None)
     return TuneResult(request, best_setting(rows, "avS"), current, rows)

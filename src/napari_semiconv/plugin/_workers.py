@@ -44,6 +44,7 @@ class RunRequest:
     tile_size: int | None  # None: the core picks (tiles only large images)
     stride: int
     views: int = 1  # test-time augmentation (core.tta): 1 = off
+    foreground_threshold: float | None = None  # a bright-field cascade's U-Net cut; else None
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
     translate: tuple[float, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)  # the layer's, copied to the outputs
@@ -143,6 +144,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "score_threshold": request.score_threshold,
         "mask_threshold": request.mask_threshold,
         "max_overlap": request.max_overlap,
+        "foreground_threshold": request.foreground_threshold,
         "divide_touching": True,  # recorded: `predict --from-run` replays older runs without it
         "tile_size": request.tile_size,
         "overlap": tile_overlap(request.tile_size),

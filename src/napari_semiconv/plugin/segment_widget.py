@@ -101,6 +101,15 @@ class SegmentWidget(QWidget):
             "scoring one: removes duplicate detections (1 keeps both).",
         )
         form.addRow("Max overlap", self.overlap_spin)
+        self.cut_spin = _fraction(
+            0.5,
+            "Bright-field cascades (worms-brightfield): a pixel is worm where the foreground "
+            "network's probability exceeds this. Raise it for thinner worms, lower it to find "
+            "faint ones. Other models have no foreground network.",
+        )
+        self.cut_spin.setRange(0.01, 0.99)  # 0 or 1 would make every or no pixel worm
+        self.cut_spin.setEnabled(False)
+        form.addRow("Foreground cut", self.cut_spin)
         self.tuner = ThresholdTuner(self)
         form.addRow("Truth", self.tuner.row)
         self.models.on_defaults_change = self._apply_model_defaults
@@ -165,6 +174,14 @@ class SegmentWidget(QWidget):
         self.score_spin.setValue(defaults["score_threshold"])
         self.mask_spin.setValue(defaults["mask_threshold"])
         self.overlap_spin.setValue(defaults["max_overlap"])
+        cut = defaults.get("foreground_threshold")
+        self.cut_spin.setEnabled(cut is not None)
+        if cut is not None:
+            self.cut_spin.setValue(cut)
+
+    def foreground_cut(self) -> float | None:
+        """The Foreground cut, if the chosen model is a bright-field cascade (else None)."""
+        return float(self.cut_spin.value()) if self.cut_spin.isEnabled() else None
 
     def spins(self) -> tuple[QDoubleSpinBox, QDoubleSpinBox, QDoubleSpinBox]:
         """The score threshold, mask threshold and max overlap fields."""
@@ -239,6 +256,7 @@ class SegmentWidget(QWidget):
             score_threshold=float(self.score_spin.value()),
             mask_threshold=float(self.mask_spin.value()),
             max_overlap=float(self.overlap_spin.value()),
+            foreground_threshold=self.foreground_cut(),
             tile_size=int(self.tile_spin.value()) or None,
             stride=int(self.stride_spin.value()),
             views=int(self.views_combo.currentData()),

@@ -1,6 +1,7 @@
-"""Temporary run settings of a detector: native pixel scale, and an early score threshold.
+"""Temporary run settings of a detector: native pixel scale, an early score threshold, and a
+bright-field cascade's foreground cut.
 
-Both are context managers that patch the model for the duration of a call and restore it, so
+All are context managers that patch the model for the duration of a call and restore it, so
 training (``core.training``) and inference (``core.inference``) share them.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["detection_threshold", "native_scale"]
+__all__ = ["check_foreground_cut", "detection_threshold", "foreground_cut", "native_scale"]
 
 
 def _identity_resize(image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
@@ -61,3 +62,48 @@ def detection_threshold(model: torch.nn.Module, score_threshold: float) -> Itera
         yield
     finally:
         heads.score_thresh = own
+
+
+def check_foreground_cut(model: torch.nn.Module, threshold: float | None) -> float | None:
+    """``threshold`` as a float, if ``model`` can take it as its U-Net's cut; None stays None.
+
+    Raises:
+        ValueError: a cut for a model without a foreground U-Net, or one outside (0, 1).
+    """
+    if threshold is None:
+        return None
+    config = getattr(model, "module", model).config
+    if not config.foreground_width:
+        raise ValueError(
+            "foreground_threshold: only a bright-field cascade (a model with a foreground "
+            "U-Net, such as worms-brightfield) has a foreground cut"
+        )
+    value = float(threshold)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"foreground_threshold must be in (0, 1), got {value}")
+    return value
+
+
+@contextlib.contextmanager
+def foreground_cut(model: torch.nn.Module, threshold: float | None) -> Iterator[None]:
+    """Cut a bright-field cascade's U-Net map at ``threshold`` for the duration (None: the
+    model's own ``config.foreground_threshold``, untouched).
+
+    The cut is read by the forward pass (the detector's binary input) and by the clean-up
+    (``core.detections.worm_foreground``), both from the config, so it is set there and
+    restored after. Not for two threads running one model object with different cuts.
+
+    Raises:
+        ValueError: see :func:`check_foreground_cut`.
+    """
+    value = check_foreground_cut(model, threshold)
+    config = getattr(model, "module", model).config
+    own = config.foreground_threshold
+    if value is None or value == own:
+        yield
+        return
+    config.foreground_threshold = value
+    try:
+        yield
+    finally:
+        config.foreground_threshold = own
