@@ -11,8 +11,10 @@ parallel: for each, ``train-foreground`` on that fold's training wells (read fro
 binary-semiconv fold model's card) puts a U-Net in front of that model (``--foreground-steps``,
 then ``--foreground-stage2`` and ``--foreground-stage3`` more at jitter 0.3, as the bundled file;
 or, with ``--foreground-budget S``, the three stages for 35 / 35 / 30 % of S seconds, which a
-GPU session's 15 minutes need), and ``evaluate`` scores the cascade on the fold's held-out wells
-with segment's defaults.
+GPU session's 15 minutes need), ``tune-thresholds`` chooses the U-Net's cut on the fold's
+training wells (``--foreground-cuts``, at the cascade's other defaults; the best by avS, as the
+bundled file's cut was chosen on its training wells), and ``evaluate`` scores the cascade on the
+fold's held-out wells with segment's defaults.
 
 ``binary-twostage`` (the paper's ablation schedule, sec. 4.4) runs after binary-plain, on the
 same folds: each fold's plain model trains ``--stage2-steps`` more, once plain and once with the
@@ -95,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="seconds per fold for the three U-Net stages (35/35/30 %%) instead of the step counts",
+    )
+    p.add_argument(
+        "--foreground-cuts",
+        default="0.3,0.4,0.5,0.6,0.7",
+        help=f"{CASCADE}: the U-Net cuts to choose from on each fold's training wells "
+        "(empty: keep 0.5)",
     )
     p.add_argument(
         "--stage2-steps",
@@ -280,6 +288,11 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
     if rc != 0 or cascade is None:
         print(f"[crossval] {CASCADE} fold {fold}: train-foreground exit {rc}, see {log}")
         return None
+    cut = None
+    if args.foreground_cuts:
+        cascade, cut = _choose_cut(args, out, fold, cascade, train)
+        if cascade is None:
+            return None
     cmd = _cli("evaluate", "--model", str(cascade), "--data", args.data, "--wells", held,
                "--device", args.device, "--json")  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -287,8 +300,33 @@ def _cascade_fold(args: argparse.Namespace, out: Path, fold: int) -> dict | None
         print(f"[crossval] {CASCADE} fold {fold}: evaluate exit {done.returncode}: {done.stderr}")
         return None
     res = json.loads(done.stdout.strip().splitlines()[-1])
-    res.update(fold=fold, steps=steps, val_wells=data["val_names"])
+    res.update(fold=fold, steps=steps, val_wells=data["val_names"], foreground_threshold=cut)
     return res
+
+
+def _choose_cut(
+    args: argparse.Namespace, out: Path, fold: int, cascade: Path, train: str
+) -> tuple[Path | None, float | None]:
+    """The fold's cascade with its U-Net's cut chosen on the fold's training wells (the other
+    thresholds at the cascade's defaults): (its file, the cut), or (None, None) on failure."""
+    from napari_semiconv.core.refine import postprocess_defaults
+
+    defaults = postprocess_defaults("cascade")
+    tuned = out / f"{CASCADE}.fold{fold}.cut.pt"
+    cmd = _cli(
+        "tune-thresholds", "--model", str(cascade), "--data", args.data, "--wells", train,
+        "--device", args.device, "--foreground-cuts", args.foreground_cuts,
+        "--score-thresholds", str(defaults["score_threshold"]),
+        "--mask-thresholds", str(defaults["mask_threshold"]),
+        "--max-overlaps", str(defaults["max_overlap"]), "--out", str(tuned), "--json",
+    )  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"[crossval] {CASCADE} fold {fold}: tune-thresholds exit {done.returncode}: "
+              f"{done.stderr}")  # fmt: skip
+        return None, None
+    chosen = json.loads(done.stdout.strip().splitlines()[-1])
+    return tuned, float(chosen["foreground_threshold"])
 
 
 def _stage_steps(args: argparse.Namespace) -> list[int]:
