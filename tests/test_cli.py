@@ -316,3 +316,29 @@ def test_a_cascades_foreground_cut_is_a_setting_recorded_and_replayed(tmp_path, 
                  "--foreground-threshold", "1.2"])  # fmt: skip
     assert code == 2 and "must be in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "no").exists() and not (tmp_path / "bad").exists()
+
+
+def test_demo_segments_the_sample_with_worms_brightfield_and_replays(tmp_path, capsys):
+    # the README's main job: the bundled sample through the bundled bright-field model
+    import tifffile
+
+    from napari_semiconv.core.inference import load_model
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    (run,) = (tmp_path / "demo").iterdir()
+    for suffix in ("_labels.tif", "_instances.tif", "_measurements.csv", "_run.json",
+                   "_overlay.png"):  # fmt: skip
+        assert (run / f"sample{suffix}").is_file(), suffix
+    assert "replay: napari-semiconv predict" in printed
+    labels = tifffile.imread(run / "sample_labels.tif")
+    assert labels.max() >= 5  # the synthetic well holds worms, and the model finds them
+    record = json.loads((run / "sample_run.json").read_text())
+    assert record["model"]["name"] == "worms-brightfield"
+    own = load_model("worms-brightfield", device="cpu").config.foreground_threshold
+    assert record["settings"]["foreground_threshold"] == own
+    # the printed replay gives the same worms
+    assert main(["predict", str(run / "sample.tif"), "--from-run", str(run / "sample_run.json"),
+                 "--out", str(tmp_path / "replay"), "--device", "cpu"]) == 0  # fmt: skip
+    replayed = tifffile.imread(tmp_path / "replay" / "sample_labels.tif")
+    np.testing.assert_array_equal(replayed, labels)

@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     tifffile.imwrite(sample_path, image)
     settings = {
         **postprocess_defaults_of(model.config.postprocess_kind, model.card),
+        # a cascade's U-Net cut, recorded as a number as predict records it
+        "foreground_threshold": (
+            model.config.foreground_threshold if model.config.foreground_width else None
+        ),
         "divide_touching": True,
         "tile_size": None,
         "overlap": 64,
