@@ -458,3 +458,17 @@ def test_choosing_thresholds_for_a_cascade_chooses_its_cut_too(qtbot, make_napar
     w.tuner._on_returned(result)
     assert w.cut_spin.value() == pytest.approx(result.best["foreground_threshold"])
     assert "foreground cut" in w.result_label.text()
+
+
+def test_the_model_card_shows_the_models_own_figures_first():
+    from napari_semiconv.core.model_store import list_models
+    from napari_semiconv.plugin._cards import card_text
+
+    (row,) = [r for r in list_models() if r["name"] == "worms-brightfield"]
+    lines = card_text(row).splitlines()
+    keys = [line.split(":")[0] for line in lines]
+    # the cascade's own held-out metrics, before its history and the detector's entries
+    assert keys[:3] == ["name", "description", "metrics"]
+    assert f"AP {row['card']['metrics']['AP']:.3g}" in lines[2]
+    assert keys.index("metrics") < keys.index("detector metrics")
+    assert "versions" not in keys

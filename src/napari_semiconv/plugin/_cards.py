@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# card keys shown first, in this order; anything else follows (versions are left out)
+# card keys shown first, in this order; anything else follows (versions are left out). The
+# model's own held-out figures come before its history and the detector's many entries, which
+# would otherwise push them out of view in the widget.
 _FIRST = (
     "name",
     "description",
+    "metrics",
+    "metrics_protocol",
     "history",
     "input_mode",
     "normalisation",
