@@ -88,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda done, total: print(f"[{done}/{total}] images segmented", flush=True),
         foreground_cuts=cuts,
     )
-    print(("  cut" if cascade else "") + "score  mask  overlap      AP     avS  found/true")
+    print(("  cut " if cascade else "") + "score  mask  overlap      AP     avS  found/true")
     for r in rows:
         ap = "   -  " if r["AP"] is None else f"{r['AP']:.3f}"
         avs = "   -  " if r["avS"] is None else f"{r['avS']:.3f}"
-        cut = f"{r['foreground_threshold']:5.2f}" if cascade else ""
+        cut = f"{r['foreground_threshold']:5.2f} " if cascade else ""
         print(
             f"{cut}{r['score_threshold']:5.2f} {r['mask_threshold']:5.2f} {r['max_overlap']:8.2f} "
             f"{ap:>7} {avs:>7}  {r['n_pred']}/{r['n_true']}"
