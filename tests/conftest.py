@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch  # noqa: F401  (import order matters: before Qt)
+import torchvision  # noqa: F401  (so is torchvision: a test file run alone imports it late)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -23,3 +24,10 @@ def bbbc010_root() -> Path:
     if not (root / "images").is_dir() or not (root / "eachworm").is_dir():
         pytest.skip(f"BBBC010 training wells not found at {root} (set SEMICONV_BBBC010)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _own_config_dir(tmp_path_factory, monkeypatch):
+    """Each test remembers widget settings in a folder of its own: never the user's, and never
+    what an earlier test's widget left behind."""
+    monkeypatch.setenv("SEMICONV_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))

@@ -43,6 +43,7 @@ from ._finetune_pairs import (
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
 from ._pickers import ModelPicker, show_error
 from ._threading import worker_for
+from ._torch_import import import_torch
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -62,6 +63,7 @@ class FineTuneWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        import_torch()  # before any model is listed: napari's Qt is already running
         self.viewer = viewer
         self.worker: Any = None
         self.rows: list[PairRow] = []

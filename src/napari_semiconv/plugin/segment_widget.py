@@ -33,7 +33,9 @@ from qtpy.QtWidgets import (
 
 from ..core.refine import postprocess_defaults
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
+from ._settings import load_settings, restore_segment, save_settings, segment_snapshot
 from ._threading import worker_for
+from ._torch_import import import_torch
 from ._tune_row import ThresholdTuner
 from ._workers import ModelCache, RunRequest, RunResult, RunUpdate, run_segmentation
 
@@ -56,6 +58,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        import_torch()  # before any model is listed: napari's Qt is already running
         self.viewer = viewer
         self.worker: Any = None  # the running napari worker, None when idle
         self.last_result: RunResult | None = None
@@ -65,6 +68,9 @@ class SegmentWidget(QWidget):
         self._build()
         self.refresh_images()
         self.refresh_models()
+        # the last run's settings, from an earlier session too (_settings: a convenience, never
+        # an error)
+        self.restored = restore_segment(self, load_settings())
         viewer.layers.events.inserted.connect(self.refresh_images)
         viewer.layers.events.removed.connect(self.refresh_images)
         viewer.layers.events.moved.connect(self.refresh_images)
@@ -211,6 +217,7 @@ class SegmentWidget(QWidget):
         request = self._request()
         if request is None:
             return None
+        save_settings(segment_snapshot(request))
         self.worker = worker_for(
             self, run_segmentation, request, self._cache, desc=f"Segmenting {request.image_name}"
         )
