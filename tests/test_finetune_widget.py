@@ -171,3 +171,41 @@ def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
     assert "--layout folders --data" in card["command"]
     assert widget.curve.steps == list(range(1, step + 3))  # the earlier curve + 2 new points
     assert [m["name"] for m in list_models()].count("my-worms") == 1
+
+
+def test_the_training_settings_come_back_in_a_new_session(
+    qtbot, widget, model_dir, base_model, make_napari_viewer
+):
+    import json
+    import os
+    from pathlib import Path
+
+    from napari_semiconv.plugin._settings import FINETUNE_FILE
+    from napari_semiconv.plugin.finetune_widget import EVERYTHING, FineTuneWidget
+
+    assert widget.restored == []  # nothing remembered yet in this test's config folder
+    widget.rows[0].select(*_add_pair(widget.viewer, "one", 1))
+    widget.iter_spin.setValue(2)
+    widget.minutes_spin.setValue(3.5)
+    widget.lr_spin.setValue(0.001)
+    widget.what_combo.setCurrentText(EVERYTHING)
+    widget.preview_spin.setValue(7)
+    widget.name_edit.setText("remembered")
+    assert widget.train() is not None  # remembered when Train is clicked
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    saved = json.loads((Path(os.environ["SEMICONV_CONFIG_DIR"]) / FINETUNE_FILE).read_text())
+    assert saved["base"] == str(base_model) and saved["heads_only"] is False
+
+    again = FineTuneWidget(make_napari_viewer())  # as after restarting napari
+    assert again.models.choice() == str(base_model)
+    assert again.device_combo.currentText() == "cpu"
+    spins = (again.iter_spin, again.batch_spin, again.crop_spin)
+    assert tuple(spin.value() for spin in spins) == (2, 1, 96)
+    assert again.minutes_spin.value() == pytest.approx(3.5)
+    assert again.lr_spin.value() == pytest.approx(0.001)
+    assert again.what_combo.currentText() == EVERYTHING and again.preview_spin.value() == 7
+    assert again.name_edit.text() == ""  # a new run needs a new name: never remembered
+    assert set(again.restored) == {
+        "base", "device", "iterations", "minutes", "lr", "batch_size", "crop", "preview_every",
+        "heads_only",
+    }  # fmt: skip

@@ -1,8 +1,9 @@
-"""The Segment widget's settings, remembered between napari sessions (imports no Qt).
+"""The widgets' settings, remembered between napari sessions (imports no Qt).
 
-Users of the peers ask for it (napari#2177, magicgui#169): the model, device, thresholds, tile
-size, Augment and arrow stride of the last run come back when the widget opens again. They are
-saved when Segment is clicked, as one small JSON file in the user's config folder
+Users of the peers ask for it (napari#2177, magicgui#169): the Segment widget's model, device,
+thresholds, tile size, Augment and arrow stride, and the Fine-tune widget's base model and
+training settings, come back when the widget opens again. They are saved when Segment or Train
+is clicked, one small JSON file per widget in the user's config folder
 (``SEMICONV_CONFIG_DIR`` or the platform's), written atomically. Remembering is a convenience:
 a missing, unreadable or damaged file is ignored (logged), and a failed write never stops a run.
 """
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from ..core.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..core.finetune import FineTuneSpec
     from ._workers import RunRequest
 
 logger = logging.getLogger(__name__)
 
-#: file name of the Segment widget's settings in the config folder
+#: file names of the widgets' settings in the config folder
 SEGMENT_FILE = "segment-widget.json"
+FINETUNE_FILE = "finetune-widget.json"
 
 
 def config_dir() -> Path:
@@ -95,16 +98,7 @@ def restore_segment(widget: Any, settings: dict[str, Any]) -> list[str]:
     The thresholds come back only with the model they were used with (another model brings its
     own defaults); a remembered model file that has gone is skipped quietly.
     """
-    done = []
-    model = settings.get("model")
-    if isinstance(model, str) and model:
-        listed = widget.model_combo.findData(model) >= 0
-        if (listed or Path(model).is_file()) and widget.set_model(model):
-            done.append("model")
-    device = settings.get("device")
-    if isinstance(device, str) and widget.device_combo.findText(device) >= 0:
-        widget.device_combo.setCurrentText(device)
-        done.append("device")
+    done = _restore_model_and_device(widget, settings, "model")
     if "model" in done:
         for key, spin in zip(
             ("score_threshold", "mask_threshold", "max_overlap"), widget.spins(), strict=True
@@ -129,8 +123,70 @@ def restore_segment(widget: Any, settings: dict[str, Any]) -> list[str]:
         if index >= 0:
             widget.views_combo.setCurrentIndex(index)
             done.append("views")
-    stride = number(settings, "stride", 1, widget.stride_spin.maximum())
-    if stride is not None:
-        widget.stride_spin.setValue(int(stride))
+    if _restore_spin(widget.stride_spin, settings, "stride", int):
         done.append("stride")
     return done
+
+
+def finetune_snapshot(spec: FineTuneSpec) -> dict[str, Any]:
+    """What the Fine-tune widget remembers of a run it starts (not the data nor the output
+    name: a new run needs a new name, and the layers are this session's)."""
+    return {
+        "base": spec.base,
+        "device": spec.device,
+        "iterations": spec.iterations,
+        "minutes": spec.minutes,
+        "lr": spec.lr,
+        "heads_only": spec.heads_only,
+        "batch_size": spec.batch_size,
+        "crop": spec.crop,
+        "preview_every": spec.preview_every,
+    }
+
+
+def restore_finetune(
+    widget: Any, settings: dict[str, Any], heads_only_text: str, everything_text: str
+) -> list[str]:
+    """Put remembered settings back into a new Fine-tune widget; returns what was restored
+    (each entry checked on its own, as :func:`restore_segment`)."""
+    done = _restore_model_and_device(widget, settings, "base")
+    spins = (
+        ("iterations", widget.iter_spin, int),
+        ("minutes", widget.minutes_spin, float),
+        ("lr", widget.lr_spin, float),
+        ("batch_size", widget.batch_spin, int),
+        ("crop", widget.crop_spin, int),
+        ("preview_every", widget.preview_spin, int),
+    )
+    done += [key for key, spin, kind in spins if _restore_spin(spin, settings, key, kind)]
+    heads_only = settings.get("heads_only")
+    if isinstance(heads_only, bool):
+        widget.what_combo.setCurrentText(heads_only_text if heads_only else everything_text)
+        done.append("heads_only")
+    return done
+
+
+def _restore_model_and_device(widget: Any, settings: dict[str, Any], key: str) -> list[str]:
+    """The remembered model (a listed name, or a file that still exists) and device."""
+    done = []
+    model = settings.get(key)
+    if isinstance(model, str) and model:
+        listed = widget.model_combo.findData(model) >= 0
+        if (listed or Path(model).is_file()) and widget.models.set_model(model):
+            done.append(key)
+    device = settings.get("device")
+    if isinstance(device, str) and widget.device_combo.findText(device) >= 0:
+        widget.device_combo.setCurrentText(device)
+        done.append("device")
+    return done
+
+
+def _restore_spin(spin: Any, settings: dict[str, Any], key: str, kind: type) -> bool:
+    """Set a spin box from ``settings[key]`` if that is a number within the box's range."""
+    if kind is int and isinstance(settings.get(key), float):
+        return False  # an int field holding a fraction: damaged
+    value = number(settings, key, spin.minimum(), spin.maximum())
+    if value is None:
+        return False
+    spin.setValue(kind(value))
+    return True

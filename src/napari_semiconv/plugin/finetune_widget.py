@@ -42,6 +42,13 @@ from ._finetune_pairs import (
 )
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
 from ._pickers import ModelPicker, show_error
+from ._settings import (
+    FINETUNE_FILE,
+    finetune_snapshot,
+    load_settings,
+    restore_finetune,
+    save_settings,
+)
 from ._threading import worker_for
 from ._torch_import import import_torch
 
@@ -74,6 +81,9 @@ class FineTuneWidget(QWidget):
         self.add_pair()
         self.refresh_layers()
         self.refresh_models()
+        # the last run's settings, from an earlier session too (_settings)
+        remembered = load_settings(FINETUNE_FILE)
+        self.restored = restore_finetune(self, remembered, HEADS_ONLY, EVERYTHING)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.refresh_layers)
 
@@ -329,6 +339,7 @@ class FineTuneWidget(QWidget):
             spec = self.spec()
         except (ValueError, TypeError) as exc:
             return self._refuse(f"Not started: {exc}")
+        save_settings(finetune_snapshot(spec), FINETUNE_FILE)
         preview = self.preview_combo.currentData()
         self._preview_target = {}
         if preview is not None:
