@@ -2,7 +2,8 @@
 
 Run in a fresh process: this test session loaded torch and torchvision before Qt (conftest), which
 is exactly what a user's napari does not do. Without the guard, opening the Segment widget there
-killed napari with a segmentation fault (triton loaded after Qt's OpenGL).
+killed napari with a segmentation fault (triton loaded after Qt's OpenGL). The script opens both
+widgets and segments as a click does, in a worker thread.
 """
 
 from __future__ import annotations
@@ -16,19 +17,27 @@ import pytest
 pytestmark = pytest.mark.gui
 
 SCRIPT = """
-import sys
+import sys, time
 import napari
+from qtpy.QtWidgets import QApplication
 viewer = napari.Viewer(show=False)
 assert "torch" not in sys.modules and "triton" not in sys.modules
 from napari_semiconv.plugin.segment_widget import SegmentWidget
 from napari_semiconv.plugin.finetune_widget import FineTuneWidget
-segment = SegmentWidget(viewer)
-FineTuneWidget(viewer)
-from napari_semiconv.core.inference import load_model, segment as run
 from napari_semiconv.core.synthetic.worms import synthetic_worms
-image, _ = synthetic_worms(seed=1, shape=(128, 128), render="brightfield")
-found = run(load_model("worms-brightfield", device="cpu"), image)
-print("OK", segment.model_choice(), len(found), sys.modules.get("triton", "loaded"))
+widget = SegmentWidget(viewer)
+FineTuneWidget(viewer)
+image, _ = synthetic_worms(seed=1, shape=(128, 160), render="brightfield")
+viewer.add_image(image, name="well")
+assert widget.set_model("worms-brightfield")
+widget.device_combo.setCurrentText("cpu")
+assert widget.segment() is not None  # the run, in a worker thread, as a user's click
+start = time.monotonic()
+while widget.running and time.monotonic() - start < 240:
+    QApplication.processEvents()
+    time.sleep(0.02)
+print("OK", "well worms" in viewer.layers, len(viewer.layers["well worms"].features),
+      sys.modules.get("triton", "loaded"))
 viewer.close()
 """
 
@@ -40,4 +49,5 @@ def test_the_widgets_open_in_a_napari_that_started_without_torch():
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "OK worms-" in done.stdout and done.stdout.strip().endswith("None")
+    assert done.stdout.strip().startswith("OK True") and done.stdout.strip().endswith("None")
+    assert int(done.stdout.split()[2]) > 0  # worms found and shown
