@@ -160,16 +160,12 @@ def run(args: argparse.Namespace) -> int:
     for key, value in postprocess_defaults_of(model.config.postprocess_kind, model.card).items():
         if settings[key] is None:
             settings[key] = value
-    if not model.config.foreground_width:
-        if args.foreground_threshold is not None:
-            raise ValueError(
-                "--foreground-threshold: only a bright-field cascade (a model with a foreground "
-                "network, such as worms-brightfield) has a foreground cut"
-            )
+    if not model.config.foreground_width and args.foreground_threshold is None:
         settings["foreground_threshold"] = None  # a cascade's record replayed with another model
     elif settings["foreground_threshold"] is None:
         settings["foreground_threshold"] = model.config.foreground_threshold
-    check_foreground_cut(model, settings["foreground_threshold"])  # before any image is read
+    # before any image is read (a cut given for a model without a U-Net is refused here)
+    check_foreground_cut(model, settings["foreground_threshold"], "--foreground-threshold")
     out = Path(args.out)
     stems = [Path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):

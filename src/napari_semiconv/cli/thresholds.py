@@ -48,11 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
-    from napari_semiconv.core.foreground_training import cascade_normalisation
+    from napari_semiconv.core.foreground_training import set_foreground_threshold
     from napari_semiconv.core.inference import load_model
+    from napari_semiconv.core.model.run_modes import check_foreground_cut
     from napari_semiconv.core.refine import POSTPROCESS_KEYS, postprocess_defaults_of
     from napari_semiconv.core.threshold_search import (
         best_setting,
@@ -70,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--input {args.input} does not match the model's input mode {mode!r}")
     cascade = bool(model.config.foreground_width)
     cuts = args.foreground_cuts
-    if cuts is not None and not cascade:
-        raise ValueError("--foreground-cuts: only a bright-field cascade has a foreground cut")
+    for cut in cuts or ():  # refused before any image is read
+        check_foreground_cut(model, cut, "--foreground-cuts")
     if cascade and cuts is None:
         cuts = sorted({*FOREGROUND_CUT_GRID, model.config.foreground_threshold})
     samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
@@ -98,13 +97,10 @@ def run(args: argparse.Namespace) -> int:
             f"{ap:>7} {avs:>7}  {r['n_pred']}/{r['n_true']}"
         )
     best = best_setting(rows, args.metric)
+    if cascade:  # the chosen cut is the copy's own: its config carries it
+        set_foreground_threshold(model, best["foreground_threshold"])
     card = with_thresholds(model.card, best, args.metric, [s.name for s in samples])
     card["name"] = out.stem
-    if cascade:  # the chosen cut is the copy's own: its config carries it
-        model.config = dataclasses.replace(
-            model.config, foreground_threshold=best["foreground_threshold"]
-        )
-        card["normalisation"] = cascade_normalisation(model.config.foreground_threshold)
     # an fp16 file (a bundled model) stays fp16: the copy is as small as the original
     half = load_checkpoint(model.source["path"]).half
     save_checkpoint(out, model.cpu(), card, half=half, overwrite=False)

@@ -41,6 +41,7 @@ __all__ = [
     "predict_foreground",
     "random_batch",
     "replace_detector",
+    "set_foreground_threshold",
     "train_foreground_steps",
     "with_foreground_threshold",
 ]
@@ -303,13 +304,21 @@ def with_foreground_threshold(cascade: Checkpoint, threshold: float) -> SemiConv
     """
     if not cascade.config.foreground_width:
         raise ValueError("this model has no foreground U-Net whose cut could be set")
-    config = dataclasses.replace(cascade.config, foreground_threshold=float(threshold))
     model = model_from_checkpoint(cascade, device="cpu")
-    model.config = config
-    card = {k: v for k, v in cascade.card.items() if k not in ("metrics", "metrics_protocol")}
-    card["normalisation"] = cascade_normalisation(config.foreground_threshold)
-    model.card = card
+    model.card = {k: v for k, v in model.card.items() if k not in ("metrics", "metrics_protocol")}
+    set_foreground_threshold(model, threshold)
     return model.eval()
+
+
+def set_foreground_threshold(model: SemiConvMaskRCNN, threshold: float) -> None:
+    """Give a cascade model the U-Net cut ``threshold`` for good: its config (validated, so
+    saved with it) and its card's description of the input.
+
+    Raises:
+        ValueError: ``threshold`` is not in (0, 1).
+    """
+    model.config = dataclasses.replace(model.config, foreground_threshold=float(threshold))
+    model.card["normalisation"] = cascade_normalisation(model.config.foreground_threshold)
 
 
 def foreground_iou(

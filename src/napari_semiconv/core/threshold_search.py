@@ -26,7 +26,7 @@ import torch
 
 from napari_semiconv.core.evaluation import evaluate
 from napari_semiconv.core.inference import AUTO_TILE_SIZE, detect, worm_foreground
-from napari_semiconv.core.model.run_modes import foreground_cut
+from napari_semiconv.core.model.run_modes import check_foreground_cut, foreground_cut
 from napari_semiconv.core.refine import (
     FILL_MIN_COVER,
     POSTPROCESS_KEYS,
@@ -103,12 +103,9 @@ def search_thresholds(
     cascade = bool(config.foreground_width)
     if foreground_cuts is None:
         cuts = [config.foreground_threshold]
-    elif not cascade:
-        raise ValueError("only a bright-field cascade has a foreground cut to choose")
     else:
-        cuts = _check_grid("foreground cuts", foreground_cuts)
-        if min(cuts) <= 0.0 or max(cuts) >= 1.0:
-            raise ValueError(f"foreground cuts must be in (0, 1), got {cuts}")
+        grid = _check_grid("foreground cuts", foreground_cuts)
+        cuts = [check_foreground_cut(model, cut, "foreground cuts") for cut in grid]
     total = len(cuts) * len(grids[1]) * len(samples)
     rows: list[dict[str, Any]] = []
     for c, cut in enumerate(cuts):

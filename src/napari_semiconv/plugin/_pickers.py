@@ -12,7 +12,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ..core.model.config import postprocess_kind
+from ..core.model.config import FOREGROUND_THRESHOLD, postprocess_kind
 from ..core.refine import postprocess_defaults_of
 from ._cards import card_text
 
@@ -226,5 +226,6 @@ def _model_defaults(config: dict | None, card: dict | None) -> dict[str, float] 
     except ValueError:
         return None
     if config.get("foreground_width"):
-        defaults["foreground_threshold"] = float(config.get("foreground_threshold", 0.5))
+        cut = config.get("foreground_threshold", FOREGROUND_THRESHOLD)  # older files: none
+        defaults["foreground_threshold"] = float(cut)
     return defaults

@@ -18,6 +18,10 @@ from typing import Any
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 INPUT_MODES = ("binary", "brightfield")
 NORMS = ("batch", "group")
+#: A new U-Net's cut: a pixel is worm where its probability exceeds this (the detector's binary
+#: input). A cascade keeps its own in ``ModelConfig.foreground_threshold`` (worms-brightfield:
+#: 0.6, chosen on its training wells, since its U-Net's edges run a little wide at 0.5).
+FOREGROUND_THRESHOLD = 0.5
 
 
 def detector_input_mode(config: dict[str, Any]) -> str:
@@ -93,7 +97,7 @@ class ModelConfig:
     foreground_width: int = 0
     foreground_depth: int = 4
     foreground_max_width: int = 64
-    foreground_threshold: float = 0.5
+    foreground_threshold: float = FOREGROUND_THRESHOLD
 
     @property
     def detector_input_mode(self) -> str:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_semiconv.core.model.config import FOREGROUND_THRESHOLD
+
 __all__ = [
     "FOREGROUND_THRESHOLD",
     "ForegroundConfig",
@@ -30,11 +32,6 @@ __all__ = [
     "foreground_loss",
     "foreground_stage",
 ]
-
-#: A new U-Net's cut: a pixel is worm where its probability exceeds this (the detector's binary
-#: input). A cascade keeps its own in ``ModelConfig.foreground_threshold`` (worms-brightfield:
-#: 0.6, chosen on its training wells, since its U-Net's edges run a little wide at 0.5).
-FOREGROUND_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,11 @@ def detection_threshold(model: torch.nn.Module, score_threshold: float) -> Itera
         heads.score_thresh = own
 
 
-def check_foreground_cut(model: torch.nn.Module, threshold: float | None) -> float | None:
+def check_foreground_cut(
+    model: torch.nn.Module, threshold: float | None, name: str = "foreground_threshold"
+) -> float | None:
     """``threshold`` as a float, if ``model`` can take it as its U-Net's cut; None stays None.
+    ``name`` is what the messages call it (the argument or option it came from).
 
     Raises:
         ValueError: a cut for a model without a foreground U-Net, or one outside (0, 1).
@@ -75,12 +78,12 @@ def check_foreground_cut(model: torch.nn.Module, threshold: float | None) -> flo
     config = getattr(model, "module", model).config
     if not config.foreground_width:
         raise ValueError(
-            "foreground_threshold: only a bright-field cascade (a model with a foreground "
-            "U-Net, such as worms-brightfield) has a foreground cut"
+            f"{name}: only a bright-field cascade (a model with a foreground U-Net, such as "
+            "worms-brightfield) has a foreground cut"
         )
     value = float(threshold)
     if not 0.0 < value < 1.0:
-        raise ValueError(f"foreground_threshold must be in (0, 1), got {value}")
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
     return value
 
 
