@@ -460,6 +460,31 @@ def test_choosing_thresholds_for_a_cascade_chooses_its_cut_too(qtbot, make_napar
     assert "foreground cut" in w.result_label.text()
 
 
+def test_thresholds_chosen_for_another_model_are_not_applied(make_napari_viewer):
+    # the model list stays live while choosing runs: a result for the model the user has since
+    # left must not overwrite the new model's thresholds
+    from napari_semiconv.plugin._tune_worker import TuneRequest, TuneResult
+    from napari_semiconv.plugin.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    assert w.set_model("worms-brightfield")
+    before = (tuple(s.value() for s in w.spins()), w.cut_spin.value())
+    best = {"score_threshold": 0.1, "mask_threshold": 0.2, "max_overlap": 0.9, "avS": 0.5}
+    best |= {"AP": 0.5, "foreground_threshold": 0.4}
+    request = TuneRequest(
+        "well", "truth", np.zeros((8, 8)), np.zeros((8, 8), int), "worms-binary", "cpu", {}
+    )
+    w.tuner._on_returned(TuneResult(request, best, None, [best]))
+    assert (tuple(s.value() for s in w.spins()), w.cut_spin.value()) == before
+    assert "Thresholds not changed" in w.result_label.text()
+    assert "'worms-binary'" in w.result_label.text()
+    # the same result for the model in the widget is applied
+    assert w.set_model("worms-binary")
+    w.tuner._on_returned(TuneResult(request, best, None, [best]))
+    assert tuple(s.value() for s in w.spins()) == pytest.approx((0.1, 0.2, 0.9))
+
+
 def test_the_model_card_shows_the_models_own_figures_first():
     from napari_semiconv.core.model_store import list_models
     from napari_semiconv.plugin._cards import card_text

@@ -117,6 +117,13 @@ class ThresholdTuner:
 
     def _on_returned(self, result: TuneResult) -> None:
         best = result.best
+        if self.owner.model_choice() != result.request.model:
+            # the model was changed while choosing: these thresholds suit the other one
+            self.owner.result_label.setText(
+                f"Thresholds not changed: they were chosen for {result.request.model!r}, "
+                "and another model is selected now (choose again)."
+            )
+            return
         for key, spin in zip(KEYS, self.owner.spins(), strict=True):
             spin.setValue(float(best[key]))
         cut = ""
