@@ -90,7 +90,31 @@ def test_bad_input_gives_a_message_and_starts_nothing(widget, model_dir):
     viewer.add_labels(giant, name="mask")
     row.select(labels="mask")
     _refused(widget, "foreground mask")
+    # a stack cannot be previewed: refused before training, not at the first preview
+    row.select(labels="a labels")
+    viewer.add_image(np.zeros((5, 64, 64), np.uint16), name="stack")
+    widget.preview_combo.setCurrentIndex(widget.preview_combo.findText("stack"))
+    _refused(widget, "the preview image 'stack' has shape (5, 64, 64)")
     assert not model_dir.exists()  # nothing was written
+
+
+def test_a_preview_that_cannot_be_segmented_stops_the_preview_not_the_training(widget):
+    from napari_semiconv.plugin._finetune_worker import run_finetune
+
+    image, labels = _add_pair(widget.viewer, "a", 0)
+    widget.rows[0].select(image, labels)
+    widget.iter_spin.setValue(2)
+    widget.preview_spin.setValue(1)
+    updates, steps = [], run_finetune(widget.spec(), np.zeros((64, 64, 2), np.uint16))
+    while True:
+        try:
+            updates.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.step == 2 and not [u for u in updates if u.kind == "preview"]
+    stopped = [u.text for u in updates if u.kind == "message" and "preview stopped" in u.text]
+    assert len(stopped) == 1 and "(64, 64, 2)" in stopped[0]
 
 
 def test_correct_this_result_and_rectangles(widget):

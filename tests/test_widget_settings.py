@@ -125,6 +125,21 @@ def test_damaged_entries_are_skipped_one_by_one(make_napari_viewer):
     assert set(w.restored) == {"model", "max_overlap"}
 
 
+@pytest.mark.parametrize(
+    "model", ["/tmp/" + "x" * 300 + ".pt", "/tmp/a\x00b.pt"], ids=["name too long", "NUL byte"]
+)
+def test_a_remembered_model_path_the_system_refuses_is_skipped(make_napari_viewer, model):
+    from napari_semiconv.plugin._settings import FINETUNE_FILE
+    from napari_semiconv.plugin.finetune_widget import FineTuneWidget
+
+    _settings_file().parent.mkdir(parents=True, exist_ok=True)
+    _settings_file().write_text(json.dumps({"model": model, "device": "cpu"}))
+    (_settings_file().parent / FINETUNE_FILE).write_text(json.dumps({"base": model}))
+    w = _widget(make_napari_viewer)
+    assert w.restored == ["device"] and w.model_choice() != model
+    assert "base" not in FineTuneWidget(w.viewer).restored
+
+
 def test_a_settings_folder_that_cannot_be_written_does_not_stop_a_run(
     qtbot, make_napari_viewer, tmp_path, monkeypatch, caplog
 ):

@@ -60,6 +60,14 @@ def layer_data(layer: Any) -> np.ndarray:
     return np.array(data, copy=True)
 
 
+def one_plane(layer: Any) -> bool:
+    """Whether an image layer is a single 2-D plane, grey or RGB(A) (length-1 axes aside): what
+    a preview can be segmented from. Looks at the shape only (no data is read)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = data.shape[:-1] if layer.rgb else data.shape
+    return sum(n != 1 for n in shape) <= 2
+
+
 def rectangles(shapes: Any, image: Any) -> list[tuple[int, int, int, int]]:
     """The rectangles of a Shapes layer as (row0, col0, row1, col1) in ``image``'s pixels.
 

@@ -109,9 +109,15 @@ def _run(
             yield FineTuneUpdate("checkpoint", event.iteration, event.total, checkpoint=str(out))
             due = spec.preview_every > 0 and event.iteration - last_preview >= spec.preview_every
             if preview_image is not None and is_last and (due or event.iteration >= event.total):
-                labels = preview_labels(event.checkpoint, preview_image, config.device)
                 last_preview = event.iteration
-                yield FineTuneUpdate("preview", event.iteration, event.total, labels=labels)
+                try:
+                    labels = preview_labels(event.checkpoint, preview_image, config.device)
+                except (ValueError, TypeError) as exc:  # the image, not the training, is wrong
+                    preview_image = None
+                    text = f"preview stopped ({exc}); training goes on"
+                    yield FineTuneUpdate("message", event.iteration, event.total, text)
+                else:
+                    yield FineTuneUpdate("preview", event.iteration, event.total, labels=labels)
         elif event.phase == "done":
             final = event
     step = final.iteration if final else 0

@@ -172,13 +172,22 @@ def _restore_model_and_device(widget: Any, settings: dict[str, Any], key: str) -
     model = settings.get(key)
     if isinstance(model, str) and model:
         listed = widget.model_combo.findData(model) >= 0
-        if (listed or Path(model).is_file()) and widget.models.set_model(model):
+        if (listed or _is_file(model)) and widget.models.set_model(model):
             done.append(key)
     device = settings.get("device")
     if isinstance(device, str) and widget.device_combo.findText(device) >= 0:
         widget.device_combo.setCurrentText(device)
         done.append("device")
     return done
+
+
+def _is_file(path: str) -> bool:
+    """``Path.is_file`` that says False, not raises, for a name too long for the file system,
+    a NUL byte or a folder that can no longer be read (a damaged or stale settings file)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _restore_spin(spin: Any, settings: dict[str, Any], key: str, kind: type) -> bool:

@@ -38,6 +38,7 @@ from ._finetune_pairs import (
     fill_combo,
     image_layers,
     layer_data,
+    one_plane,
     worms_layers,
 )
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
@@ -341,6 +342,11 @@ class FineTuneWidget(QWidget):
             return self._refuse(f"Not started: {exc}")
         save_settings(finetune_snapshot(spec), FINETUNE_FILE)
         preview = self.preview_combo.currentData()
+        if preview is not None and not one_plane(preview):
+            return self._refuse(
+                f"Not started: the preview image {preview.name!r} has shape "
+                f"{tuple(preview.data.shape)}; choose one 2-D image (grey or RGB) or {NONE!r}."
+            )
         self._preview_target = {}
         if preview is not None:
             self._preview_target = {
