@@ -28,14 +28,21 @@ python3 benchmarks/crossval.py --data gpu_data/bbbc010/train --out runs/cv \
   --crop "${CROP:-0}" --lr "${LR:-0.01}" --extra "${EXTRA:-}" \
   --foreground-budget "${FG_BUDGET:-150}" --stage2-steps "${STAGE2_STEPS:-1000}" \
   2>&1 | tee runs/crossval.log
-for r in binary brightfield; do
-  if [ -f "runs/cv/$r-semiconv.fold0.pt" ]; then
-    python3 benchmarks/make_bundled.py strip "runs/cv/$r-semiconv.fold0.pt" "runs/worms-$r.pt"
+# fold 0's models (the cascade's last file: its cut chosen on the training wells, else stage 3)
+new=""; rm -f runs/worms-binary.pt runs/worms-brightfield.pt
+for pair in binary:binary-semiconv.fold0 brightfield:brightfield-cascade.fold0.cut \
+            brightfield:brightfield-cascade.fold0.stage3; do
+  r=${pair%%:*}; src=runs/cv/${pair#*:}.pt
+  if [ -f "$src" ] && [ ! -f "runs/worms-$r.pt" ]; then
+    python3 benchmarks/make_bundled.py strip "$src" "runs/worms-$r.pt"
     split -b 15m "runs/worms-$r.pt" "$out/worms-$r.pt.part-"
+    new="$new${new:+,}runs/worms-$r.pt"
   fi
 done
 # 3. speed of the newly trained models
-python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
-  --models runs/worms-brightfield.pt,runs/worms-binary.pt --json-out runs/speed_gpu_new.json 2>&1 | tail -8
+if [ -n "$new" ]; then
+  python3 benchmarks/speed.py --device "${DEVICE:-cuda}" --threads 16 \
+    --models "$new" --json-out runs/speed_gpu_new.json 2>&1 | tail -8
+fi
 tar czf "$out/results.tgz" runs/crossval.log runs/cv/*.json runs/cv/*.md runs/cv/*.log runs/speed_gpu*.json 2>/dev/null; cp runs/cv/crossval.json runs/speed_gpu*.json "$out/" 2>/dev/null
 ls -la "$out"

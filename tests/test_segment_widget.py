@@ -175,6 +175,36 @@ def test_segment_adds_three_layers_and_reuses_them(qtbot, widget):
     assert viewer.layers["worms displacement"] is vectors
     assert len(vectors.data) >= len(starts)
 
+    # a worms layer the user has edited is never overwritten: the next run goes beside it
+    labels.data[labels.data == 1] = 0
+    labels.data[:4, :4] = 99
+    edited = labels.data.copy()
+    _run(qtbot, widget)
+    assert viewer.layers["worms worms"] is labels
+    np.testing.assert_array_equal(labels.data, edited)
+    new = viewer.layers["worms worms [1]"]
+    np.testing.assert_array_equal(new.data, widget.last_result.planes[0][1].labels())
+    assert "'worms worms' was edited, so it was kept" in widget.result_label.text()
+    assert viewer.layers["worms displacement"] is vectors  # arrows are not the user's work
+    _run(qtbot, widget)  # the new layer, unedited, is the one re-used from now on
+    assert viewer.layers["worms worms [1]"] is new and "[2]" not in " ".join(
+        layer.name for layer in viewer.layers
+    )
+    np.testing.assert_array_equal(labels.data, edited)
+
+
+def test_a_worms_layer_from_elsewhere_is_not_overwritten(qtbot, widget):
+    # e.g. "<stem> worms" opened from an exported file, or drawn by hand under that name
+    viewer = widget.viewer
+    viewer.add_image(_worm_image(), name="plate")
+    theirs = np.zeros((128, 160), np.uint16)
+    theirs[10:20, 10:90] = 1
+    viewer.add_labels(theirs.copy(), name="plate worms")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("plate"))
+    _run(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["plate worms"].data, theirs)
+    assert "plate worms [1]" in viewer.layers
+
 
 def test_stack_is_segmented_plane_by_plane_and_cancel_leaves_no_layer(qtbot, widget, tmp_path):
     from napari_semiconv.plugin._pickers import ALL_PLANES

@@ -1,10 +1,14 @@
 """Put the Segment widget's results into napari layers, re-using layers of the same name.
 
 Only napari bookkeeping lives here; the arrays come from ``core.visualise.build_views``.
+A worms (Labels) layer is re-used only while it holds what this plugin wrote into it: one the
+user has edited, or one from elsewhere (a file, their own drawing), is never overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +30,36 @@ def output_names(image_name: str) -> dict[str, str]:
     }
 
 
+WRITTEN = "napari_semiconv_written"  # Labels metadata: digest of the data this plugin put there
+
+
+def digest(data: Any) -> str:
+    """A fingerprint of a label array (values, dtype and shape)."""
+    array = np.ascontiguousarray(np.asarray(data))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(memoryview(array.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def unchanged_output(layer: Any) -> bool:
+    """Whether ``layer`` still holds exactly what this plugin wrote into it."""
+    written = layer.metadata.get(WRITTEN)
+    return written is not None and written == digest(layer.data)
+
+
+def _last_unchanged(viewer: napari.viewer.Viewer, cls: type, name: str) -> Layer | None:
+    """The last layer called ``name`` or ``name [k]`` (napari's numbering) that still holds
+    what this plugin wrote into it, or None."""
+    pattern = re.compile(re.escape(name) + r"( \[\d+\])?")
+    mine = [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, cls) and pattern.fullmatch(layer.name) and unchanged_output(layer)
+    ]
+    return mine[-1] if mine else None
+
+
 def _put(
     viewer: napari.viewer.Viewer,
     kind: str,
@@ -34,14 +68,19 @@ def _put(
     ndim: int,
     geometry: dict[str, Any],
     new_only: dict[str, Any],
+    keep_edits: bool = False,
 ) -> Layer:
     """Update the layer called ``name`` in place when it has the right type and dimensionality,
     else add a new one. ``geometry`` (scale, translate, metadata) is applied either way;
-    ``new_only`` (display settings) only when the layer is created, so user tweaks survive."""
+    ``new_only`` (display settings) only when the layer is created, so user tweaks survive.
+    ``keep_edits``: a layer not holding what this plugin last wrote is left alone (the new
+    one gets napari's numbered name)."""
     from napari import layers
 
     cls = {"labels": layers.Labels, "vectors": layers.Vectors, "image": layers.Image}[kind]
     old = viewer.layers[name] if name in viewer.layers else None
+    if keep_edits:  # the user's work stays; an earlier run's layer beside it may be re-used
+        old = _last_unchanged(viewer, cls, name)
     if isinstance(old, cls) and old.ndim == ndim:
         # scale/translate first would be fine too: ndim is unchanged, so order does not matter
         old.data = data
@@ -55,7 +94,8 @@ def _put(
         layer = cls(data, name=name, **geometry, **new_only)
         viewer.layers.insert(index, layer)
         return layer
-    # a layer of another kind holds the name (the user's own): keep it, napari adds a suffix
+    # the name is held by the user's own layer (another kind, or edited): keep it, napari
+    # gives the new one a numbered name
     layer = cls(data, name=name, **geometry, **new_only)
     viewer.add_layer(layer)
     return layer
@@ -90,7 +130,10 @@ def show_views(
     # contrast limits follow the new votes (the peak height changes from run to run)
     top = float(views.votes.max()) if views.votes.size else 0.0
     votes.contrast_limits = (0.0, top if top > 0 else 1.0)
-    labels = _put(viewer, "labels", names["labels"], views.labels, ndim, geometry, {})
+    labels = _put(viewer, "labels", names["labels"], views.labels, ndim, geometry, {}, True)
+    # the digest of what the layer holds (napari may have converted it), so the next run can
+    # tell whether the user has edited it since
+    labels.metadata = {**labels.metadata, WRITTEN: digest(labels.data)}
     labels.features = views.features
     vectors = _put(
         viewer,

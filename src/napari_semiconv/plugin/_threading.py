@@ -24,23 +24,47 @@ def _guarded(
         raise WorkFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
-def worker_for(owner: Any, function: Callable[..., Any], *args: Any, **progress: Any) -> Any:
+def _deleted(widget: Any) -> bool:
+    """Whether Qt has destroyed ``widget`` (its viewer was closed) while Python still holds it."""
+    from qtpy.QtCore import QObject
+
+    if not isinstance(widget, QObject):
+        return False
+    try:
+        from qtpy import sip
+    except ImportError:  # PySide
+        from qtpy import shiboken
+
+        return not shiboken.isValid(widget)
+    return sip.isdeleted(widget)
+
+
+def worker_for(
+    owner: Any, function: Callable[..., Any], *args: Any, anchor: Any = None, **progress: Any
+) -> Any:
     """An unstarted napari worker running the generator ``function(*args)``; its signals go to
     ``owner``'s ``_on_update`` (yielded), ``_on_returned``, ``_on_error``, ``_on_aborted`` and
     ``_on_finished``, and every run ends in exactly one of returned / error / aborted before
-    finished. ``progress``: the progress bar's settings (``desc``, ``total``)."""
+    finished. ``anchor``: the widget whose labels the handlers touch (default ``owner``);
+    nothing is delivered once Qt has destroyed it. ``progress``: the progress bar's settings
+    (``desc``, ``total``)."""
     from napari.qt.threading import create_worker
 
+    anchor = owner if anchor is None else anchor
     settled = []
 
-    def ending(handler: Callable[..., None]) -> Callable[..., None]:
+    def deliver(handler: Callable[..., None], ends: bool) -> Callable[..., None]:
         def call(*result: Any) -> None:
-            settled.append(handler)
-            handler(*result)
+            if ends:
+                settled.append(handler)
+            if not _deleted(anchor):
+                handler(*result)
 
         return call
 
     def finished() -> None:
+        if _deleted(anchor):  # the viewer was closed during the run: nobody to tell
+            return
         # a Cancel that arrives after the generator's last yield makes superqt drop the
         # result without emitting "aborted": the run still ends as cancelled for the widget
         if not settled:
@@ -54,10 +78,10 @@ def worker_for(owner: Any, function: Callable[..., Any], *args: Any, **progress:
         _start_thread=False,
         _progress=progress,
         _connect={
-            "yielded": owner._on_update,
-            "returned": ending(owner._on_returned),
-            "errored": ending(owner._on_error),
-            "aborted": ending(owner._on_aborted),
+            "yielded": deliver(owner._on_update, ends=False),
+            "returned": deliver(owner._on_returned, ends=True),
+            "errored": deliver(owner._on_error, ends=True),
+            "aborted": deliver(owner._on_aborted, ends=True),
             "finished": finished,
         },
     )

@@ -71,6 +71,7 @@ class ThresholdTuner:
             run_tuning,
             request,
             self._cache,
+            anchor=self.owner,
             desc=f"Choosing thresholds on {request.labels_name}",
         )
         self.button.setText("Cancel choosing")

@@ -305,14 +305,14 @@ class SegmentWidget(QWidget):
         pbar.set_description(f"{self._running_name}: {update.text}")
 
     def _on_returned(self, result: RunResult) -> None:
-        from ._layers import show_views
+        from ._layers import output_names, show_views
 
         # everything about the target was captured when the run started (RunRequest), so the
         # result lands on that image even if the user picked another one meanwhile
         request = result.request
         metadata = {**request.metadata, "napari_semiconv": result.run_info}
         try:
-            show_views(
+            shown = show_views(
                 self.viewer,
                 request.image_name,
                 result.views,
@@ -325,10 +325,15 @@ class SegmentWidget(QWidget):
             return
         self.last_result = result
         planes = f" in {len(result.planes)} planes" if result.leading else ""
-        self.result_label.setText(
+        text = (
             f"{result.n_worms} worms{planes} in {result.seconds:.1f} s on {result.device} "
             f"({request.image_name})"
         )
+        usual = output_names(request.image_name)["labels"]
+        if shown["labels"].name != usual:  # the usual layer holds the user's edits: kept
+            text += f"\n{usual!r} was edited, so it was kept; the new worms are in "
+            text += f"{shown['labels'].name!r}."
+        self.result_label.setText(text)
 
     def _on_error(self, exc: BaseException) -> None:
         # the user gets one line; the traceback goes to the log for whoever debugs it
