@@ -248,6 +248,42 @@ def test_fine_tune_writes_model_card_data_and_stops_on_budget(model_dir, base_mo
     assert load_checkpoint(out).card["step"] == 3
 
 
+def test_a_rectangle_is_normalised_with_its_whole_image(tmp_path, model_dir):
+    # bright-field percentiles of a worm-filled rectangle differ from the image's: the crop is
+    # cut from the image normalised as a whole, as segment() sees it, and saved that way
+    import torch
+
+    from napari_semiconv.core.checkpoint import save_checkpoint
+    from napari_semiconv.core.data.folders import read_folders
+    from napari_semiconv.core.model.builder import build_model
+    from napari_semiconv.core.preprocess import normalise
+    from napari_semiconv.core.synthetic.worms import synthetic_worms
+
+    torch.manual_seed(0)
+    base = save_checkpoint(
+        tmp_path / "bf.pt", build_model(tiny_model_config(input_mode="brightfield")), {}
+    )
+    image, masks = synthetic_worms(seed=2, shape=(160, 200), render="brightfield")
+    labels = labels_from_instances(masks)
+    rows, cols = np.nonzero(labels)
+    r0, c0 = max(0, int(rows.mean()) - 24), max(0, int(cols.mean()) - 24)
+    roi = (r0, c0, r0 + 48, c0 + 48)
+    pair = AnnotatedPair(image, labels, "well", "well labels", rois=[roi])
+    spec = FineTuneSpec(base=str(base), pairs=[pair], name="bf", iterations=2, device="cpu")
+    config = build_train_config(spec)
+    (sample,) = config.samples
+    whole = normalise(image, "brightfield")[r0 : r0 + 48, c0 : c0 + 48]
+    np.testing.assert_array_equal(sample.image, whole)
+    alone = normalise(image[r0 : r0 + 48, c0 : c0 + 48], "brightfield")
+    assert np.abs(alone - whole).max() > 0.05  # what the crop alone would have given
+    # the saved crop (the card's CLI command trains on it) reads back as the same sample
+    (again,) = read_folders(config.data_root, "brightfield")
+    np.testing.assert_array_equal(again.image, sample.image)
+    np.testing.assert_array_equal(again.masks, sample.masks)
+    with pytest.raises(ValueError, match="saved normalised for 'brightfield'"):
+        read_folders(config.data_root, "binary")
+
+
 def test_folder_training_data_is_read_and_checked(tmp_path, model_dir, base_model):
     from napari_semiconv.core.export import write_label_image
 

@@ -19,6 +19,7 @@ from napari_semiconv.core.inference import (
     native_scale,
     run_info,
     segment,
+    segment_batch,
     segment_steps,
 )
 from napari_semiconv.core.model.builder import build_model
@@ -84,6 +85,22 @@ def test_segment_grey_and_rgb_agree(model):
     colour = segment(model, rgb, score_threshold=0.0, mask_threshold=0.1)
     np.testing.assert_array_equal(colour.masks, grey.masks)
     np.testing.assert_array_equal(colour.scores, grey.scores)
+
+
+def test_a_label_image_is_read_as_labels_like_the_training_data(model):
+    # worms with ids 1..n: every id is foreground for a binary-input model, as in training
+    # (core.data.arrays), not only the ids above half the largest
+    from napari_semiconv.core.measurements import labels_from_instances
+
+    _, masks = toy_worms((112, 112), n=4, seed=1)
+    labels = labels_from_instances(masks).astype(np.uint16)
+    assert labels.max() >= 3
+    from_labels = segment(model, labels, score_threshold=0.0, mask_threshold=0.1)
+    from_mask = segment(model, labels > 0, score_threshold=0.0, mask_threshold=0.1)
+    assert len(from_mask) > 0
+    np.testing.assert_array_equal(from_labels.masks, from_mask.masks)
+    (batched,) = segment_batch(model, [labels], score_threshold=0.0, mask_threshold=0.1)
+    np.testing.assert_array_equal(batched.masks, from_mask.masks)
 
 
 def test_segment_tiles_a_large_image(model):

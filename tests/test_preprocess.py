@@ -110,6 +110,30 @@ def test_binary_label_images_keep_every_label():
     np.testing.assert_array_equal(normalise(labels, "binary"), np.diag([1, 0, 1, 0, 1]))
 
 
+def _two_worms() -> np.ndarray:
+    labels = np.zeros((40, 60), np.uint16)
+    labels[5:12, 4:50] = 1
+    labels[12:30, 30:36] = 2  # touches worm 1
+    labels[20:26, 40:58] = 9
+    return labels
+
+
+def test_binary_touching_label_ids_are_labels_however_small():
+    labels = _two_worms()
+    np.testing.assert_array_equal(normalise(labels, "binary"), (labels > 0).astype(np.float32))
+
+
+def test_binary_integer_grey_maps_are_not_labels():
+    # an 8-bit mask with a little noise and an 8-bit probability map have many non-zero values
+    # too; read as labels, every non-zero pixel would be foreground
+    rng = np.random.default_rng(0)
+    worms = _two_worms() > 0
+    noisy = (worms * 255 + rng.integers(-3, 4, worms.shape)).clip(0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(normalise(noisy, "binary"), worms.astype(np.float32))
+    ramp = np.linspace(0, 255, 60).astype(np.uint8)[None, :].repeat(40, axis=0)
+    np.testing.assert_array_equal(normalise(ramp, "binary"), (ramp > 127.5).astype(np.float32))
+
+
 def test_binary_empty_foreground_is_all_zero():
     out = normalise(np.zeros((4, 4), np.uint8), "binary")
     assert out.dtype == np.float32 and not out.any()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -97,7 +100,7 @@ def test_multiscale_pooler_matches_torchvision_including_gradients():
     results = []
     for pooler in (
         torchvision.ops.MultiScaleRoIAlign(names, 7, 2),
-        MultiScaleRoIAlign(names, 7, 2),
+        MultiScaleRoIAlign(names, 7, 2, [4, 8, 16, 32]),
     ):
         features = _pyramid(seed=4)
         out = pooler(features, boxes, shapes)
@@ -107,6 +110,47 @@ def test_multiscale_pooler_matches_torchvision_including_gradients():
     torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
     for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=1e-10)
+
+
+def test_pooler_scales_do_not_depend_on_the_first_image():
+    """torchvision infers the levels' scales from its first batch and keeps them; a 40-px first
+    image (features padded to a 64-px image) doubles them for good. Ours are the strides'."""
+    names = ["0", "1", "2", "3"]
+    padded = {str(i): torch.randn(1, 4, 16 >> i, 16 >> i) for i in range(4)}  # 64-px padded
+    boxes = [torch.tensor([[2.0, 2.0, 30.0, 12.0]])]
+    theirs = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)
+    theirs(padded, boxes, [(40, 40)])
+    assert theirs.scales == [0.5, 0.25, 0.125, 0.0625]  # the defect, in torchvision
+    ours = MultiScaleRoIAlign(names, 7, 2, [4, 8, 16, 32])
+    first = ours(padded, boxes, [(40, 40)])
+    assert ours.scales == [0.25, 0.125, 0.0625, 0.03125]
+    assert int(ours.map_levels([torch.tensor([[0.0, 0.0, 224.0, 224.0]])])[0]) == 2  # level k0
+    # a later, larger image is pooled as a fresh pooler would pool it
+    big = {str(i): torch.randn(1, 4, 128 >> i, 160 >> i) for i in range(4)}
+    fresh = MultiScaleRoIAlign(names, 7, 2, [4, 8, 16, 32])
+    torch.testing.assert_close(ours(big, boxes, [(512, 640)]), fresh(big, boxes, [(512, 640)]))
+    assert first.shape == (1, 4, 7, 7)
+    with pytest.raises(ValueError, match="4 feature maps but 3 strides"):
+        MultiScaleRoIAlign(names, 7, 2, [4, 8, 16])
+
+
+def test_a_small_first_image_leaves_the_model_as_it_was():
+    from reliability_kit import tiny_config
+
+    from napari_semiconv.core.inference import segment
+    from napari_semiconv.core.model.builder import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config("binary")).eval()
+    image = np.zeros((160, 200), np.float32)
+    image[40:60, 20:180] = 1.0
+    image[100:150, 90:100] = 1.0
+    twin = copy.deepcopy(model)
+    segment(model, image[30:70, 10:50], score_threshold=0.0, mask_threshold=0.0)  # small first
+    again = segment(model, image, score_threshold=0.0, mask_threshold=0.0)
+    fresh = segment(twin, image, score_threshold=0.0, mask_threshold=0.0)
+    assert len(fresh) > 0
+    np.testing.assert_array_equal(again.masks, fresh.masks)
 
 
 def test_inference_takes_torchvision_kernel(monkeypatch):

@@ -40,7 +40,7 @@ from napari_semiconv.core.model.run_modes import (
     native_scale,
 )
 from napari_semiconv.core.model_store import list_models, load_model, model_source
-from napari_semiconv.core.preprocess import normalise, to_grey
+from napari_semiconv.core.preprocess import normalise
 from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 from napari_semiconv.core.tta import detect_views_steps, views_of
@@ -61,7 +61,13 @@ __all__ = [
 ]
 
 
-def _check_image(image: Any) -> np.ndarray:
+def _model_input(image: Any, input_mode: str, device: object = None) -> np.ndarray:
+    """``image`` checked and normalised for ``input_mode``: (H, W) float32.
+
+    The caller's own array reaches ``normalise`` (not a float grey copy), so an integer label
+    image given to a binary-input model is read as labels (every id is foreground), as the
+    training data is, instead of being cut at half its largest id.
+    """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -72,7 +78,7 @@ def _check_image(image: Any) -> np.ndarray:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.number)):
         raise TypeError(f"image must hold numbers, got dtype {image.dtype}")
-    grey = to_grey(image)
+    grey = normalise(image, input_mode, device)
     if min(grey.shape) < 16:
         raise ValueError(
             f"image of {grey.shape[0]}x{grey.shape[1]} pixels is too small to segment "
@@ -154,7 +160,7 @@ def segment_steps(
         if grey.ndim != 2:
             raise ValueError(f"a preprocessed image must be (H, W), got {grey.shape}")
     else:
-        grey = normalise(_check_image(image), model.config.input_mode, device_of(model))
+        grey = _model_input(image, model.config.input_mode, device_of(model))
     height, width = grey.shape
     tile_size, overlap = tile_side(height, width, tile_size), int(overlap)
     tile_grid(height, width, tile_size, overlap)  # bad tile settings fail before any work
@@ -262,7 +268,7 @@ def segment_batch(
     check_foreground_cut(model, foreground_threshold)
     keep_prob = _divides(model, divide_touching, True)
     device = device_of(model)
-    greys = [normalise(_check_image(im), model.config.input_mode, device) for im in images]
+    greys = [_model_input(im, model.config.input_mode, device) for im in images]
     for i, grey in enumerate(greys):
         if max(grey.shape) > AUTO_TILE_SIZE:
             raise ValueError(

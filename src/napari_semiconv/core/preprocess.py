@@ -92,11 +92,28 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return out
 
 
+# At most this share of the touching pairs of non-zero pixels may differ in a label image.
+LABEL_EDGE_SHARE = 0.1
+
+
 def _is_label_image(array: np.ndarray) -> bool:
-    """An integer image with more than one non-zero value: a label image, not a 0/max mask."""
+    """An integer image of object ids (a label image), not a 0/max mask nor a grey map.
+
+    Several non-zero values alone do not make labels: an 8-bit probability map or a 0/255 mask
+    with a little noise has them too, and reading those as labels would make every non-zero
+    pixel foreground. A label image is piecewise constant: two touching non-zero pixels differ
+    only where two objects meet (a few % of the pairs), while in a grey map they often differ.
+    """
     if array.dtype.kind not in "iu" or array.ndim != 2:
         return False
-    return np.unique(array[array != 0]).size > 1
+    if np.unique(array[array != 0]).size <= 1:
+        return False
+    touching = differ = 0
+    for a, b in ((array[1:], array[:-1]), (array[:, 1:], array[:, :-1])):
+        both = (a != 0) & (b != 0)
+        touching += int(both.sum())
+        differ += int((both & (a != b)).sum())
+    return differ <= LABEL_EDGE_SHARE * touching
 
 
 def normalise(image: np.ndarray, input_mode: str, device: object = None) -> np.ndarray:

@@ -5,26 +5,53 @@ An image and its labels are matched by file stem: ``images/well7.tif`` goes with
 this project's exports use, so corrected results can be trained on). When several match, the
 instance stack (``_instances``) is preferred because it keeps overlapping worms.
 
-Images: TIFF, PNG, JPEG or BMP, grey or RGB(A). Labels: a 2-D label image (one integer id per
-worm) or an N×H×W stack of worm masks (TIFF), the same height and width as the image.
+Images: TIFF, PNG, JPEG or BMP, grey or RGB(A); a TIFF tagged ``normalised_tag(mode)`` (a
+fine-tuning rectangle, saved normalised) is used as it is. Labels: a 2-D label image (one
+integer id per worm) or an N×H×W stack of worm masks (TIFF), the same height and width as the
+image.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from napari_semiconv.core.data.arrays import sample_from_arrays
+from napari_semiconv.core.data.arrays import labels_to_masks, sample_from_arrays
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.preprocess import check_input_mode
 
-__all__ = ["IMAGE_SUFFIXES", "read_folders"]
+__all__ = ["IMAGE_SUFFIXES", "normalised_tag", "read_folders"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 # preferred first: an instance stack keeps overlaps, a label image does not
 _LABEL_TAGS = ("_instances", "", "_labels", "_label", "_masks", "_mask")
+
+
+_NORMALISED_KEY = "napari_semiconv_normalised"
+
+
+def normalised_tag(input_mode: str) -> str:
+    """The TIFF description marking an image saved already normalised for ``input_mode`` (a
+    fine-tuning rectangle cut from its image normalised as a whole): read as it is."""
+    return json.dumps({_NORMALISED_KEY: check_input_mode(input_mode)})
+
+
+def _normalised_for(path: Path) -> str | None:
+    """The input mode a TIFF was saved normalised for (its description's tag), or None."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        description = tif.pages.first.description if len(tif.pages) else ""
+    try:
+        tag = json.loads(description)
+    except ValueError:
+        return None
+    return tag.get(_NORMALISED_KEY) if isinstance(tag, dict) else None
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -35,6 +62,19 @@ def _imread(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     return np.asarray(iio.imread(path))
+
+
+def _sample(image_path: Path, labels_path: Path, mode: str, stem: str) -> Sample:
+    image, labels = _imread(image_path), _imread(labels_path)
+    normalised = _normalised_for(image_path)
+    if normalised is None:
+        return sample_from_arrays(image, labels, mode, stem)
+    if normalised != mode:
+        raise ValueError(
+            f"saved normalised for {normalised!r} input; a model taking {mode!r} input cannot "
+            "train on it (fine-tune a model of the same kind)"
+        )
+    return Sample(image, labels_to_masks(labels, image.shape), stem)
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -83,7 +123,7 @@ def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
             )
             continue
         try:
-            samples.append(sample_from_arrays(_imread(image_path), _imread(match), mode, stem))
+            samples.append(_sample(image_path, match, mode, stem))
         except ValueError as err:
             raise ValueError(f"{image_path.name} / {match.name}: {err}") from err
     wanted = {stem + tag for stem in images for tag in _LABEL_TAGS}

@@ -55,6 +55,7 @@ NUM_CLASSES = 2
 # torchvision's box-branch defaults, passed both to MaskRCNN and to the replacement RoI heads.
 # the FPN levels RoIs are pooled from (stride 4 to 32); 'pool' (stride 64) is for the RPN only
 _FPN_LEVELS = ["0", "1", "2", "3"]
+_FPN_STRIDES = [4, 8, 16, 32]  # ResNet layer1..layer4 (conv1 and the max pool halve twice)
 
 _BOX_TRAINING = {
     "fg_iou_thresh": 0.5,
@@ -137,13 +138,13 @@ class SemiConvMaskRCNN(MaskRCNN):
             rpn_anchor_generator=anchors,
             rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
             # torchvision's pooler settings, over the RoIAlign with a fast CPU backward
-            box_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, output_size=7, sampling_ratio=2),
+            box_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, 7, 2, _FPN_STRIDES),
             box_head=box_head,
             box_predictor=FastRCNNPredictor(config.box_head_width, NUM_CLASSES),
             box_score_thresh=config.box_score_thresh,
             box_nms_thresh=config.box_nms_thresh,
             box_detections_per_img=config.detections_per_img,
-            mask_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, output_size=14, sampling_ratio=2),
+            mask_roi_pool=MultiScaleRoIAlign(_FPN_LEVELS, 14, 2, _FPN_STRIDES),
             mask_head=MaskRCNNHeads(channels, [width] * 4, 1),
             mask_predictor=_mask_predictor(width),
             box_fg_iou_thresh=_BOX_TRAINING["fg_iou_thresh"],

@@ -20,9 +20,13 @@ sampling ratio (``sampling_ratio <= 0``) torchvision's kernel runs as before.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torchvision
 from torchvision.ops import roi_align as _tv_roi_align
+from torchvision.ops.poolers import LevelMapper
 
 __all__ = ["MultiScaleRoIAlign", "roi_align", "roi_align_sparse"]
 
@@ -161,7 +165,33 @@ def roi_align(
 
 
 class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
-    """torchvision's FPN RoI pooler (same levels, same level mapping) over :func:`roi_align`."""
+    """torchvision's FPN RoI pooler (same levels, same level mapping) over :func:`roi_align`,
+    with each level's scale fixed from the backbone's ``strides``.
+
+    Why fixed: torchvision infers the scales from the first batch it sees (feature-map size
+    over image size, rounded to a power of two) and keeps them for the model's life. An image
+    whose side is far from a multiple of 32 (e.g. a 40-px first image, padded to 64) gives
+    every level twice its true scale, and every later image of any size is then pooled from the
+    wrong places: one worm found instead of 14 on a whole well.
+    """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int,
+        sampling_ratio: int,
+        strides: Sequence[int],
+    ) -> None:
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        if len(strides) != len(featmap_names):
+            raise ValueError(f"{len(featmap_names)} feature maps but {len(strides)} strides")
+        self.scales = [1.0 / s for s in strides]
+        self.map_levels = LevelMapper(
+            int(math.log2(strides[0])),
+            int(math.log2(strides[-1])),
+            canonical_scale=self.canonical_scale,
+            canonical_level=self.canonical_level,
+        )
 
     def forward(
         self,
@@ -170,11 +200,6 @@ class MultiScaleRoIAlign(torchvision.ops.MultiScaleRoIAlign):
         image_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         levels = [x[name] for name in self.featmap_names]
-        if self.scales is None or self.map_levels is None:
-            # torchvision's own scale inference (powers of two from the feature-map sizes)
-            self.scales, self.map_levels = torchvision.ops.poolers._setup_scales(
-                levels, image_shapes, self.canonical_scale, self.canonical_level
-            )
         rois = _to_rois(boxes)
         first = levels[0]
         if len(levels) == 1:
