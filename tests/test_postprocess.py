@@ -85,3 +85,22 @@ def test_segment_batch_uses_the_same_postprocessing():
         # one forward pass over two images pads them alike; scores may move in the last digits
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
         assert (a.masks != b.masks).mean() < 1e-4
+
+
+def test_segment_batch_finds_what_segment_finds_in_each_image_alone():
+    # images of other sizes are not padded to the largest (the padding changed the worms at a
+    # smaller image's edges: 7 worms alone, 4 batched); blank and tiny images as segment()
+    model = load_model("worms-binary")
+    well = synthetic_worms(seed=4, render="binary")[0]
+    small = np.ascontiguousarray(well[: well.shape[0] // 2, : well.shape[1] // 2])
+    images = [well, small, np.full((60, 80), 255, np.uint8), small[:20, :20]]
+    batched = segment_batch(model, images)
+    assert len(batched) == len(images)
+    for image, got in zip(images, batched, strict=True):
+        alone = segment(model, image)
+        assert got.masks.shape == alone.masks.shape
+        assert len(got) == len(alone)
+        np.testing.assert_allclose(got.scores, alone.scores, atol=1e-4)
+        assert (got.masks != alone.masks).sum() <= 1e-4 * got.masks.size
+    assert len(batched[0]) > 0 and len(batched[1]) > 0
+    assert len(batched[2]) == 0  # constant: never shown to the network

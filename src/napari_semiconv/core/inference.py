@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 import warnings
 from collections.abc import Generator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -256,11 +256,15 @@ def segment_batch(
     divide_touching: bool = True,
     foreground_threshold: float | None = None,
 ) -> list[Instances]:
-    """Segment several images in one forward pass (throughput on a GPU); one Instances each.
+    """Segment several images in batched forward passes (throughput on a GPU); one Instances
+    each, the worms :func:`segment` finds in that image alone.
 
-    Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side); larger images go
-    through :func:`segment`, which tiles them. Preprocessing and the arguments are
-    :func:`segment`'s.
+    Images of one size share a pass; images of other sizes go in passes of their own, since a
+    batch pads every image to the largest and the padding (grey after normalisation) changes
+    the worms near a smaller image's edges. A constant image is not shown to the network, as
+    in :func:`segment`. Each image must fit one tile (at most ``AUTO_TILE_SIZE`` on a side);
+    larger images go through :func:`segment`, which tiles them. Preprocessing and the
+    arguments are :func:`segment`'s.
     """
     score_threshold, mask_threshold, max_overlap = model_thresholds(
         model, score_threshold, mask_threshold, max_overlap
@@ -275,6 +279,13 @@ def segment_batch(
                 f"image {i} is {grey.shape[0]}×{grey.shape[1]}, larger than one tile "
                 f"({AUTO_TILE_SIZE} px); segment it with segment(), which tiles it"
             )
+    results: list[Instances | None] = [None] * len(greys)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, grey in enumerate(greys):
+        if float(grey.max()) == float(grey.min()):  # blank: nothing to segment
+            results[i] = no_worms(model, *grey.shape)
+        else:
+            by_size.setdefault(grey.shape, []).append(i)
     was_training = model.training
     model.eval()
     try:
@@ -284,17 +295,17 @@ def segment_batch(
             detection_threshold(model, score_threshold),
             foreground_cut(model, foreground_threshold),
         ):
-            outputs = model(
-                [torch.from_numpy(np.ascontiguousarray(g))[None].to(device) for g in greys]
-            )
-            results = [
-                _segment_one(model, grey, out, score_threshold, mask_threshold, keep_prob,
-                             max_overlap)
-                for grey, out in zip(greys, outputs, strict=True)
-            ]  # fmt: skip
+            for members in by_size.values():
+                batch = [torch.from_numpy(np.ascontiguousarray(greys[i]))[None] for i in members]
+                outputs = model([t.to(device) for t in batch])
+                for i, out in zip(members, outputs, strict=True):
+                    results[i] = _segment_one(
+                        model, greys[i], out, score_threshold, mask_threshold, keep_prob,
+                        max_overlap,
+                    )  # fmt: skip
     finally:
         model.train(was_training)
-    return results
+    return cast(list[Instances], results)  # every image got one: blank or from its pass
 
 
 def _segment_one(
@@ -309,7 +320,7 @@ def _segment_one(
     """One image's worms from its share of :func:`segment_batch`'s forward pass, cleaned up
     (run under the pass's foreground cut: the clean-up reads it too)."""
     height, width = grey.shape
-    tiles = tile_grid(height, width, max(height, width), 0)
+    tiles = tile_grid(height, width, tile_side(height, width, None), 0)
     candidates: list[Candidate] = []
     collect_candidates(candidates, 0, tiles[0], out, score_threshold, mask_threshold, keep_prob)
     masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
