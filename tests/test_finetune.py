@@ -95,6 +95,10 @@ def test_float_labels_stacks_tiny_images_and_negative_ids_are_refused():
     tiny = AnnotatedPair(np.zeros((20, 20)), np.ones((20, 20), np.uint8), "a", "b")
     with pytest.raises(ValueError, match="under 32 px"):
         check_pair(tiny)
+    mask = _pair()
+    mask.labels = mask.labels > 0  # a foreground mask of 3 worms, 10 % of the image
+    with pytest.raises(ValueError, match="yes/no mask, not one label per worm"):
+        check_pair(mask)
     negative = _pair()
     negative.labels = negative.labels.astype(np.int32)
     negative.labels[0, 0] = -1
@@ -109,6 +113,11 @@ def test_rectangles_crop_and_are_checked():
         roi_from_points([[200, 200], [300, 300]], (96, 96))
     with pytest.raises(ValueError, match="at least 32 px"):
         roi_from_points([[0, 0], [10, 50]], (96, 96))
+    outside = [(-5, 0, 40, 40), (0, 0, 40, 120), (40, 40, 0, 90)]
+    for bad, words in [((0, 0, 10, 10), "is 10x10 px")] + [(r, "not inside") for r in outside]:
+        pair.rois = [bad]
+        with pytest.raises(ValueError, match=words):
+            check_pair(pair)
     pair.rois = [(0, 0, 48, 64), (40, 40, 96, 96)]
     crops = check_pair(pair)
     assert [c[0].shape for c in crops] == [(48, 64), (56, 56)]

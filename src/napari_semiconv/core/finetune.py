@@ -152,8 +152,9 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
         TypeError: labels that are not integers.
         ValueError: naming the pair and the problem: a non-2-D image, image and labels of
             different shapes, an image under ``MIN_SIDE`` px, no labelled worm (in a
-            rectangle), negative labels, or one label covering more than ``GIANT_FRACTION`` of
-            the image (almost certainly a foreground mask, not one label per worm).
+            rectangle), negative labels, a yes/no (bool) mask, a rectangle outside the image or
+            under ``MIN_SIDE`` px, or one label covering more than ``GIANT_FRACTION`` of the
+            image (almost certainly a foreground mask, not one label per worm).
     """
     image, labels = np.asarray(pair.image), np.asarray(pair.labels)
     where = f"pair {pair.name!r}"
@@ -163,6 +164,13 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
             f"{where}: labels {pair.labels_name!r} hold {labels.dtype} values; pick a Labels "
             "layer (integer ids, 0 = background)"
         )
+    if labels.dtype == bool:
+        # a yes/no mask would train every worm in it as one: refused, whatever its size
+        raise ValueError(
+            f"{where}: labels {pair.labels_name!r} are a yes/no mask, not one label per worm; "
+            "give every worm its own label (e.g. start from the Segment widget's result with "
+            "'Correct this result')"
+        )
     if labels.shape != shape:
         raise ValueError(
             f"{where}: image {pair.image_name!r} is {shape[0]}x{shape[1]} but labels "
@@ -171,8 +179,19 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
         )
     if min(shape) < MIN_SIDE:
         raise ValueError(f"{where}: the image is {shape}, under {MIN_SIDE} px on a side")
-    if labels.dtype != bool and labels.size and int(labels.min()) < 0:
+    if labels.size and int(labels.min()) < 0:
         raise ValueError(f"{where}: labels {pair.labels_name!r} hold negative ids")
+    for roi in pair.rois:
+        r0, c0, r1, c1 = (int(v) for v in roi)
+        if not (0 <= r0 < r1 <= shape[0] and 0 <= c0 < c1 <= shape[1]):
+            raise ValueError(
+                f"{where}: the rectangle {list(roi)} is not inside the {shape[0]}x{shape[1]} image"
+            )
+        if min(r1 - r0, c1 - c0) < MIN_SIDE:
+            raise ValueError(
+                f"{where}: the rectangle {list(roi)} is {r1 - r0}x{c1 - c0} px; draw one at "
+                f"least {MIN_SIDE} px on a side"
+            )
     crops = []
     for roi in pair.rois or [None]:
         win = (slice(roi[0], roi[2]), slice(roi[1], roi[3])) if roi else (slice(None),) * 2
