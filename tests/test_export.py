@@ -52,6 +52,8 @@ def test_four_files_written_and_read_back(tmp_path):
     stack = tifffile.imread(paths["instances"])
     assert stack.dtype == np.uint8 and stack.shape == (3, 40, 50)
     np.testing.assert_array_equal(read_instances_tif(paths["instances"]), masks)
+    with tifffile.TiffFile(paths["instances"]) as tif:  # grey planes, not a colour image
+        assert tif.pages.first.samplesperpixel == 1 and len(tif.pages) == len(masks)
     # Labels: uint16, overlap goes to the higher score (worm 2, score 0.9).
     labels = tifffile.imread(paths["labels"])
     assert labels.dtype == np.uint16

@@ -57,6 +57,32 @@ def test_reader_claims_only_instance_stacks(tmp_path):
     assert get_reader(str(tmp_path / "missing_instances.tif")) is None
 
 
+def test_reader_splits_a_flat_label_image_and_refuses_colour(tmp_path):
+    import tifffile
+
+    from napari_semiconv.core.export import read_instances_tif
+
+    labels = np.zeros((40, 50), np.uint16)
+    labels[5:10, 5:10], labels[20:30, 20:30], labels[30:35, 40:45] = 1, 2, 7
+    tifffile.imwrite(tmp_path / "flat_instances.tif", labels)
+    masks = read_instances_tif(tmp_path / "flat_instances.tif")
+    assert masks.shape == (3, 40, 50)
+    np.testing.assert_array_equal(masks[2], labels == 7)
+    one = np.zeros((40, 50), bool)
+    one[1:4, 1:9] = True
+    tifffile.imwrite(tmp_path / "one_instances.tif", one)
+    np.testing.assert_array_equal(read_instances_tif(tmp_path / "one_instances.tif"), one[None])
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgb_instances.tif", rgb, photometric="rgb")
+    with pytest.raises(ValueError, match="colour image"):
+        read_instances_tif(tmp_path / "rgb_instances.tif")
+    # a 3-worm stack as earlier versions saved it (tifffile tagged it planar RGB) is a stack
+    three = np.zeros((3, 40, 50), np.uint8)
+    three[0, :5], three[1, 10:20], three[2, :, :7] = 1, 1, 1
+    tifffile.imwrite(tmp_path / "old_instances.tif", three, metadata={"axes": "QYX"})
+    np.testing.assert_array_equal(read_instances_tif(tmp_path / "old_instances.tif"), three > 0)
+
+
 def test_reader_layers_keep_overlaps_and_use_scores(tmp_path):
     masks = crossing_worms()
     paths = write_run_outputs(tmp_path, "A01", masks=masks, scores=np.array([0.2, 0.9, 0.5]))

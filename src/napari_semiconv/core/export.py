@@ -98,7 +98,10 @@ def _tiff_bytes(array: np.ndarray, axes: str) -> bytes:
     with warnings.catch_warnings():
         # A 0 x H x W stack (no worm) is legal here; tifffile warns it is "nonconformant".
         warnings.filterwarnings("ignore", message=".*zero-size array.*")
-        tifffile.imwrite(buffer, array, compression="zlib", metadata={"axes": axes})
+        # grey planes, said so: tifffile (and Fiji) would take a stack of 3 or 4 for colour
+        tifffile.imwrite(
+            buffer, array, compression="zlib", photometric="minisblack", metadata={"axes": axes}
+        )
     return buffer.getvalue()
 
 
@@ -241,13 +244,28 @@ def write_run_outputs(
 
 
 def read_instances_tif(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an ``*_instances.tif`` stack as (N, H, W) bool (a 2-D file is one instance)."""
+    """Read an ``*_instances.tif`` stack as (N, H, W) bool.
+
+    A 2-D file holds one instance per non-zero id (a label image; a one-worm stack saved flat
+    has the single id). A colour image (interleaved samples) is refused: its channels would
+    read as worms. (Stacks of 3 or 4 that earlier versions saved tagged as planar RGB are
+    read as stacks.)
+    """
     path = Path(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*zero-size.*")
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first if len(tif.pages) else None
+            samples = page.samplesperpixel if page is not None else 1
+            if samples > 1 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG:
+                raise ValueError(
+                    f"{path} holds a colour image ({samples} samples per pixel), not an "
+                    "(N, H, W) stack of worm masks"
+                )
         data = tifffile.imread(path)
     if data.ndim == 2:
-        data = data[None]
+        ids = np.unique(data[data != 0])
+        return data[None] == ids[:, None, None]
     if data.ndim != 3:
         raise ValueError(f"{path} holds an array of shape {data.shape}, not an (N, H, W) stack")
     return data != 0
