@@ -271,6 +271,32 @@ def test_merge_reassembles_a_worm_cut_by_tiles_and_keeps_crossing_worms():
     np.testing.assert_allclose(scores, [0.9, 0.8])
 
 
+def test_a_sliver_at_a_tile_edge_does_not_become_a_worm():
+    # tile 0 holds a short worm whole, inside the overlap; tile 1 sees only its end at its left
+    # edge, spilling a little past it: the sliver lies outside tile 1's core and is dropped
+    h, w = 100, 180
+    tiles = tile_grid(h, w, 100, 20)
+    left, right = tiles
+    assert right.x0 < right.cx0 <= left.x1
+    worm = np.zeros((h, w), bool)
+    worm[40:46, right.x0 - 30 : right.cx0 - 2] = True  # ends short of tile 1's core
+    sliver = np.zeros((h, w), bool)
+    sliver[39:47, right.x0 : right.x0 + 4] = True  # wider than the worm there: IoU is low
+    candidates = [
+        _piece(0, worm, (left.y0, left.y1, left.x0, left.x1), 0.95),
+        _piece(1, sliver, (right.y0, right.y1, right.x0, right.x1), 0.997),
+    ]
+    masks, scores = merge_candidates(candidates, tiles, h, w)
+    assert masks.shape == (1, h, w)
+    np.testing.assert_array_equal(masks[0], worm)
+    # a piece that reaches its own core is kept (a worm entering tile 1)
+    entering = np.zeros((h, w), bool)
+    entering[70:76, right.x0 : right.cx0 + 10] = True
+    candidates.append(_piece(1, entering, (right.y0, right.y1, right.x0, right.x1), 0.6))
+    masks, _ = merge_candidates(candidates, tiles, h, w)
+    assert len(masks) == 2
+
+
 def test_merging_recovers_every_worm_from_perfect_tiles():
     """With a perfect detector (each tile sees the true worms cut to its window), merging the
     tiles gives back exactly the true worms: one instance per worm, nothing split or fused."""
