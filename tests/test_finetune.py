@@ -95,6 +95,13 @@ def test_float_labels_stacks_tiny_images_and_negative_ids_are_refused():
     tiny = AnnotatedPair(np.zeros((20, 20)), np.ones((20, 20), np.uint8), "a", "b")
     with pytest.raises(ValueError, match="under 32 px"):
         check_pair(tiny)
+    scattered = AnnotatedPair(np.zeros((96, 96)), np.zeros((96, 96), np.uint16), "s", "dots")
+    for k in range(5):  # five 5x5 blobs painted with one label, 3 % of the image
+        scattered.labels[4 + 18 * k : 9 + 18 * k, 10:15] = 300
+    with pytest.raises(ValueError, match="label 300 of 'dots' is in 5 separate pieces"):
+        check_pair(scattered)
+    scattered.labels[4 + 18 * 4 : 9 + 18 * 4, 10:15] = 7  # four pieces: a worm cut by crossings
+    assert len(check_pair(scattered)) == 1
     mask = _pair()
     mask.labels = mask.labels > 0  # a foreground mask of 3 worms, 10 % of the image
     with pytest.raises(ValueError, match="yes/no mask, not one label per worm"):
