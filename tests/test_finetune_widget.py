@@ -133,6 +133,11 @@ def test_correct_this_result_and_rectangles(widget):
     assert worms.data[0:10, 0:10].max() < 7
     assert widget.rows[0].layers()[:2] == (viewer.layers["plate"], layer)
     assert widget.correct_result() is layer and len(widget.rows) == 1  # no duplicate pair
+    # a re-run beside an edited worms layer ("plate worms [1]") is a result to correct too
+    newer = viewer.add_labels(labels_from_instances(masks[:1]), name="plate worms [1]")
+    from napari_semiconv.plugin._finetune_pairs import worms_layers
+
+    assert [pair[1] for pair in worms_layers(viewer)] == [worms, newer]
 
     shapes = viewer.add_shapes(
         [np.array([[4.0, 6.0], [4.0, 100.0], [90.0, 100.0], [90.0, 6.0]])],

@@ -13,7 +13,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 
 from ..core.finetune import AnnotatedPair, roi_from_points
-from ._layers import output_names
+from ._layers import numbered, output_names
 
 WHOLE_IMAGE = "whole image"
 NONE = "none"
@@ -178,15 +178,17 @@ class PairRow(QWidget):
 
 
 def worms_layers(viewer: Any) -> list[tuple[Any, Any]]:
-    """(image, "<image> worms" Labels) of every Segment result whose image is still open."""
+    """(image, "<image> worms" Labels) of every Segment result whose image is still open, the
+    newest last; "<image> worms [k]" counts too (a re-run beside a worms layer the user had
+    edited)."""
     from napari.layers import Labels
 
-    found = []
-    for image in image_layers(viewer):
-        name = output_names(image.name)["labels"]
-        if name in viewer.layers and isinstance(viewer.layers[name], Labels):
-            found.append((image, viewer.layers[name]))
-    return found
+    found = [
+        (image, layer)
+        for image in image_layers(viewer)
+        for layer in numbered(viewer, Labels, output_names(image.name)["labels"])
+    ]
+    return sorted(found, key=lambda pair: viewer.layers.index(pair[1]))
 
 
 def corrections_layer(viewer: Any, image: Any, worms: Any) -> Any:

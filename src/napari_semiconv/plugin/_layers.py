@@ -48,15 +48,18 @@ def unchanged_output(layer: Any) -> bool:
     return written is not None and written == digest(layer.data)
 
 
-def _last_unchanged(viewer: napari.viewer.Viewer, cls: type, name: str) -> Layer | None:
-    """The last layer called ``name`` or ``name [k]`` (napari's numbering) that still holds
-    what this plugin wrote into it, or None."""
+def numbered(viewer: napari.viewer.Viewer, cls: type, name: str) -> list[Layer]:
+    """The ``cls`` layers called ``name`` or ``name [k]`` (napari's numbering), in layer order."""
     pattern = re.compile(re.escape(name) + r"( \[\d+\])?")
-    mine = [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, cls) and pattern.fullmatch(layer.name) and unchanged_output(layer)
+    return [
+        layer for layer in viewer.layers if isinstance(layer, cls) and pattern.fullmatch(layer.name)
     ]
+
+
+def _last_unchanged(viewer: napari.viewer.Viewer, cls: type, name: str) -> Layer | None:
+    """The last layer called ``name`` or ``name [k]`` that still holds what this plugin wrote
+    into it, or None."""
+    mine = [layer for layer in numbered(viewer, cls, name) if unchanged_output(layer)]
     return mine[-1] if mine else None
 
 
