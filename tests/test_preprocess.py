@@ -130,6 +130,8 @@ def test_binary_integer_grey_maps_are_not_labels():
     worms = _two_worms() > 0
     noisy = (worms * 255 + rng.integers(-3, 4, worms.shape)).clip(0, 255).astype(np.uint8)
     np.testing.assert_array_equal(normalise(noisy, "binary"), worms.astype(np.float32))
+    shifted = worms.astype(np.int64) * 7 - 3  # a two-level map with a negative background
+    np.testing.assert_array_equal(normalise(shifted, "binary"), worms.astype(np.float32))
     ramp = np.linspace(0, 255, 60).astype(np.uint8)[None, :].repeat(40, axis=0)
     np.testing.assert_array_equal(normalise(ramp, "binary"), (ramp > 127.5).astype(np.float32))
 

@@ -13,10 +13,11 @@ sample's true worms are known, so it also prints the accuracy against them.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
-from .experiment import add_dots_arguments, run_dots
+from .experiment import DOTS_FIGURE, DOTS_JSON, run_dots
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +31,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dots", action="store_true", help="run the dot-grid experiment instead")
     p.add_argument("--model", default="worms-brightfield", help="model name or checkpoint path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add_dots_arguments(p, default_out=Path("demo-output"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-output"),
+        help="folder in which each run makes a new run-<time> folder for its files; with --dots, "
+        f"the folder for {DOTS_FIGURE} and {DOTS_JSON}, earlier ones replaced "
+        "(default demo-output)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the sample or the dots (default 0)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="with --dots: training steps per embedding (default 100); ignored otherwise",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -38,23 +55,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if args.dots:
         return _run_dots(args)
-    import tifffile
-
     from napari_semiconv.core.evaluation import evaluate
-    from napari_semiconv.core.export import write_run_outputs
     from napari_semiconv.core.inference import load_model, run_info, segment
-    from napari_semiconv.core.overlay import write_overlay_png
     from napari_semiconv.core.refine import postprocess_defaults_of
     from napari_semiconv.core.synthetic.worms import synthetic_worms
 
+    # a fresh folder per run: the demo never overwrites an earlier run's files
+    out = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")
+    _check_out(out)
     model = load_model(args.model, device=args.device)
     render = "brightfield" if model.config.input_mode == "brightfield" else "binary"
     image, truth = synthetic_worms(seed=args.seed, render=render)
-    # a fresh folder per run: the demo never overwrites an earlier run's files
-    out = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=False)
-    sample_path = out / "sample.tif"
-    tifffile.imwrite(sample_path, image)
     settings = {
         **postprocess_defaults_of(model.config.postprocess_kind, model.card),
         # a cascade's U-Net cut, recorded as a number as predict records it
@@ -71,21 +82,50 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     device = str(next(model.parameters()).device)
     info = run_info(model, settings, device)
-    info["image"] = {"path": str(sample_path), "shape": list(image.shape)}
-    files = write_run_outputs(out, "sample", result, info)
+    info["image"] = {"path": str(out / "sample.tif"), "shape": list(image.shape)}
     scores = evaluate([(result.masks, result.scores)], [truth]).summary
     title = (
         f"{args.model}: {len(result)} worms ({len(truth)} true), AP {scores['AP']:.2f}, "
         f"avS {scores['avS']:.2f}, {seconds:.1f} s on {device}"
     )
-    overlay = write_overlay_png(
-        out / "sample_overlay.png", image, result.masks, result.displacement, title
-    )
+    written = _write_run(out, image, result, info, title)
     print(title)
-    for path in [sample_path, *files.values(), overlay]:
+    for path in written.values():
         print(f"wrote {path}")
-    print(f"replay: napari-semiconv predict {sample_path} --from-run {files['run']} --out DIR")
+    print(
+        f"replay: napari-semiconv predict {written['sample']} --from-run {written['run']} --out DIR"
+    )
     return 0
+
+
+def _check_out(run_dir: Path) -> None:
+    """Refuse, before the work, a --out that is a file or a run folder that exists already."""
+    parent = run_dir.parent
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"--out {parent} is a file, not a folder")
+    if run_dir.exists():
+        raise FileExistsError(f"{run_dir} exists (a run started this second); try again")
+
+
+def _write_run(out: Path, image, result, info: dict, title: str) -> dict[str, Path]:
+    """Write the run folder once the work is done; a failure or Ctrl-C while writing removes
+    it, so no half-filled run folder is left."""
+    import tifffile
+
+    from napari_semiconv.core.export import write_run_outputs
+    from napari_semiconv.core.overlay import write_overlay_png
+
+    out.mkdir(parents=True, exist_ok=False)
+    try:
+        tifffile.imwrite(out / "sample.tif", image)
+        files = write_run_outputs(out, "sample", result, info)
+        overlay = write_overlay_png(
+            out / "sample_overlay.png", image, result.masks, result.displacement, title
+        )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # this call made the folder: all of it is ours
+        raise
+    return {"sample": out / "sample.tif", **files, "overlay": overlay}
 
 
 def _run_dots(args: argparse.Namespace) -> int:

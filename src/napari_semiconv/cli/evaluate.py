@@ -7,6 +7,7 @@ import json
 import math
 
 from napari_semiconv.cli.common import add_data_arguments, split_wells
+from napari_semiconv.cli.predict import NO_FOREGROUND_HELP
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--no-foreground",
         dest="use_foreground",
         action="store_false",
-        help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
+        help=NO_FOREGROUND_HELP,
     )
     p.add_argument(
         "--no-divide",

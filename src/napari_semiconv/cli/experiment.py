@@ -43,15 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def add_dots_arguments(p: argparse.ArgumentParser, default_out: Path | None = None) -> None:
-    """--out DIR, --seed N, --steps N (shared with `demo --dots`)."""
-    where = f"default {default_out}" if default_out else "default: write no files"
+def add_dots_arguments(p: argparse.ArgumentParser) -> None:
+    """--out DIR, --seed N, --steps N of `experiment dots` (`demo` has its own: its --out and
+    --steps mean more there)."""
     p.add_argument(
         "--out",
         type=Path,
-        default=default_out,
         help=f"folder for {DOTS_FIGURE} and {DOTS_JSON}, created; earlier ones are replaced "
-        f"({where})",
+        "(default: write no files)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

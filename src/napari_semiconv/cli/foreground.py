@@ -61,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from napari_semiconv.core.atomic import check_writable_target
     from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
     from napari_semiconv.core.devices import bf16_autocast_pays, resolve_device
     from napari_semiconv.core.foreground_training import (
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists():
         raise FileExistsError(f"{out} exists; choose another --out (nothing is overwritten)")
+    check_writable_target(out)  # a missing folder is refused now, not after the training
     if args.input not in (None, "brightfield"):
         raise ValueError("the foreground U-Net learns from bright-field images: drop --input")
     detector = load_checkpoint(resolve_model_path(args.detector)[0])

@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         # where a folder should be): one clear line, no traceback
         print(f"napari-semiconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: every file is written atomically (complete or absent) and an unfinished demo
+        # run folder is removed, so one line says so instead of a traceback from inside torch
+        print(
+            f"napari-semiconv {args.command}: interrupted; no partial output was left",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,13 @@ DEFAULTS = {
 }
 
 
+NO_FOREGROUND_HELP = (
+    "binary-input models and bright-field cascades: do not clip worms to the foreground (the "
+    "binary input, or the cascade's U-Net map), nor give a lone worm its whole blob, nor share "
+    "out touching worms; no effect on other bright-field models"
+)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
@@ -63,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         dest="use_foreground",
         action="store_const",
         const=False,
-        help="binary-input models: do not clip worms to the input foreground nor fill lone worms",
+        help=NO_FOREGROUND_HELP,
     )
     p.add_argument(
         "--no-divide",
@@ -87,11 +94,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as an array (TIFF via tifffile, others via scikit-image)."""
+def check_image_path(path: str | Path) -> Path:
+    """``path`` as a Path, if it is a file; a folder or a missing file is refused by name."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a folder; give image files (e.g. {path}/*.tif)")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
+    return path
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as an array (TIFF via tifffile, others via scikit-image)."""
+    path = check_image_path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -166,10 +181,14 @@ def run(args: argparse.Namespace) -> int:
         settings["foreground_threshold"] = model.config.foreground_threshold
     # before any image is read (a cut given for a model without a U-Net is refused here)
     check_foreground_cut(model, settings["foreground_threshold"], "--foreground-threshold")
+    _check_settings(
+        settings, given={key for key in DEFAULTS if getattr(args, key, None) is not None}
+    )
     out = Path(args.out)
-    stems = [Path(p).stem for p in args.images]
+    stems = [check_image_path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):
         raise ValueError("two images share a file stem; their outputs would collide")
+    _check_outputs(out, stems)  # a batch is refused whole, not half-way through
     for i, image_path in enumerate(args.images):
         try:
             image = read_image(image_path)
@@ -187,3 +206,43 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     return 0
+
+
+def _check_settings(settings: dict, given: set[str]) -> None:
+    """Refuse a bad setting before any image is read, naming its flag (or the run record), so
+    the error is not blamed on the first image."""
+    from napari_semiconv.core.tta import views_of
+
+    def name(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if key in given else f"the run record's {key}"
+
+    for key in ("score_threshold", "mask_threshold", "max_overlap"):
+        if not 0.0 <= float(settings[key]) <= 1.0:
+            raise ValueError(f"{name(key)} must be in [0, 1], got {settings[key]}")
+    tile, overlap = settings["tile_size"], settings["overlap"]
+    if tile is not None and int(tile) < 32:
+        raise ValueError(f"{name('tile_size')} must be at least 32 pixels, got {tile}")
+    if int(overlap) < 0:  # the core looks at it only when an image is tiled
+        raise ValueError(f"{name('overlap')} must be 0 or more pixels, got {overlap}")
+    try:
+        views_of(settings["views"])
+    except ValueError as exc:
+        raise ValueError(f"{name('views')}: {exc}") from exc
+
+
+def _check_outputs(out: Path, stems: list[str]) -> None:
+    """Refuse a --out that cannot be a folder, or any output that exists, before any work."""
+    from napari_semiconv.core.export import output_paths
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    above = next(p for p in (out, *out.parents) if p.exists())  # where --out would be created
+    if not above.is_dir():
+        raise NotADirectoryError(f"cannot create --out {out}: {above} is a file, not a folder")
+    existing = [str(p) for stem in stems for p in output_paths(out, stem).values() if p.exists()]
+    if existing:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise FileExistsError(
+            f"refusing to overwrite existing output(s): {', '.join(existing[:3])}{more}; "
+            "choose another --out folder or remove them"
+        )

@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_semiconv.core.atomic import check_writable_target
     from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
     from napari_semiconv.core.foreground_training import set_foreground_threshold
     from napari_semiconv.core.inference import load_model
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise ValueError(f"{out} exists; choose another --out (a model is never overwritten)")
+    check_writable_target(out)  # a missing folder is refused now, not after the search
     model = load_model(args.model, device=args.device)
     mode = model.config.input_mode
     if args.input and args.input != mode:

@@ -33,35 +33,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="KEY=VALUE",
         help="set a ModelConfig field of a new model, e.g. fpn_channels=256 (repeatable)",
     )
-    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--iterations", type=int, help="training steps (default 1000)")
     p.add_argument(
         "--time-budget",
         type=float,
         help="stop after this many seconds of training (the schedule decays over the budget)",
     )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
-    p.add_argument("--warmup", type=int, default=100, help="warm-up iterations (default 100)")
-    p.add_argument("--crop", type=int, default=256, help="training crop in pixels; 0 = none")
+    p.add_argument("--batch-size", type=int, help="images per step and process (default 4)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
+    p.add_argument("--schedule", choices=["step", "cosine"], help="lr decay (default step)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations (default 100)")
+    p.add_argument("--crop", type=int, help="training crop in pixels; 0 = none (default 256)")
     p.add_argument("--no-augment", action="store_true", help="no flips/transposes")
     p.add_argument("--heads-only", action="store_true", help="freeze the backbone and FPN")
     p.add_argument(
-        "--synthetic", type=float, default=0.0, metavar="F", help="fraction of synthetic worms"
+        "--synthetic", type=float, metavar="F", help="fraction of synthetic worms (default 0)"
     )
     p.add_argument("--val-wells", help="BBBC010 validation wells, e.g. C03,C04")
     p.add_argument("--folds", type=int, help="k-fold cross-validation over wells: K folds")
     p.add_argument("--fold", type=int, help="with --folds: which fold (0-based) to train")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: at end)")
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--resume", action="store_true", help="continue --out from its last step")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --out from its last step, with the model and recipe it records (a flag "
+        "that contradicts them is refused)",
+    )
     p.add_argument(
         "--no-amp",
         action="store_true",
         help="no bf16 autocast (default: on for CUDA and for CPUs with AMX/AVX512-BF16)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument(
         "--data-workers",
         type=int,
@@ -70,6 +75,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.set_defaults(run=run)
     return p
+
+
+# recipe entries a checkpoint's card records -> (argparse dest, flag, default of a new run)
+RECIPE = {
+    "iterations": ("iterations", "--iterations", 1000),
+    "batch_size": ("batch_size", "--batch-size", 4),
+    "lr": ("lr", "--lr", 0.01),
+    "schedule": ("schedule", "--schedule", "step"),
+    "warmup_iters": ("warmup", "--warmup", 100),
+    "crop": ("crop", "--crop", 256),
+    "synthetic_fraction": ("synthetic", "--synthetic", 0.0),
+    "seed": ("seed", "--seed", 0),
+    "base": ("base", "--base", None),
+}
+# recipe switches -> (argparse dest, flag, the entry's value when the flag is given)
+SWITCHES = {
+    "augment": ("no_augment", "--no-augment", False),
+    "train_heads_only": ("heads_only", "--heads-only", True),
+}
 
 
 def _model_config(args: argparse.Namespace):
@@ -112,43 +136,156 @@ def _parse_options(items: list[str]) -> dict:
     return options
 
 
+def _given_recipe(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
+    """The recipe entries set on the command line: {entry: (flag, value as recorded)}."""
+    given = {}
+    for key, (dest, flag, _) in RECIPE.items():
+        value = getattr(args, dest)
+        if value is not None:
+            given[key] = (flag, (value or None) if key == "crop" else value)  # --crop 0: none
+    for key, (dest, flag, value) in SWITCHES.items():
+        if getattr(args, dest):
+            given[key] = (flag, value)
+    return given
+
+
+def _recipe(args: argparse.Namespace, recorded: dict | None, out: str) -> dict:
+    """The run's recipe: the command line's values, else (resuming) the checkpoint's recorded
+    ones, else the defaults. Resuming, a value that contradicts the recorded one is refused:
+    the schedule and the batches of every step depend on them."""
+    recipe = {key: default for key, (_, _, default) in RECIPE.items()}
+    recipe.update({key: not value for key, (_, _, value) in SWITCHES.items()})
+    if recorded:
+        recipe.update({key: recorded[key] for key in recipe if key in recorded})
+    for key, (flag, value) in _given_recipe(args).items():
+        if recorded and key in recorded and recorded[key] != value:
+            shown = "" if key in SWITCHES else f" {_shown(key, value)}"
+            raise ValueError(
+                f"{flag}{shown} contradicts {out}, which was trained with {key} "
+                f"{_shown(key, recorded[key])}; drop {flag} to resume with the checkpoint's"
+            )
+        recipe[key] = value
+    return recipe
+
+
+def _shown(key: str, value: object) -> str:
+    """A recipe value as the command line writes it."""
+    if key == "crop" and value is None:
+        return "0 (no crop)"
+    return "none" if value is None else str(value)
+
+
+def _resumed_model(args: argparse.Namespace, model, out: str):
+    """The checkpoint's model config ``model``, after refusing flags that describe another."""
+    from napari_semiconv.core.model.config import ModelConfig
+
+    # model setting -> (the flag as given, its value)
+    asked = {
+        key: (f"--model-option {key}={value}", value)
+        for key, value in _parse_options(args.model_option).items()
+    }
+    if args.input:
+        asked["input_mode"] = (f"--input {args.input}", args.input)
+    if args.backbone:
+        asked["backbone"] = (f"--backbone {args.backbone}", args.backbone)
+    if args.no_semiconv:
+        asked["semiconv"] = ("--no-semiconv", False)
+    recorded = model.to_dict()
+    for key, (flag, value) in asked.items():
+        if key not in recorded:
+            raise ValueError(f"{flag}: a model has no setting {key!r}")
+        if ModelConfig.from_dict({**recorded, key: value}).to_dict()[key] != recorded[key]:
+            raise ValueError(
+                f"{flag} contradicts {out}, whose model has {key} {recorded[key]!r}; "
+                f"drop {flag.split()[0]} to resume with the checkpoint's"
+            )
+    return model
+
+
+def _checkpoint_to_resume(args: argparse.Namespace):
+    """The checkpoint ``--resume`` continues (a fold's own file with --folds)."""
+    from pathlib import Path
+
+    from napari_semiconv.core.checkpoint import load_checkpoint
+    from napari_semiconv.core.training import fold_path
+
+    out = Path(args.out) if args.folds is None else fold_path(args.out, args.fold)
+    if not out.is_file():
+        raise FileNotFoundError(f"cannot resume: {out} does not exist (drop --resume to start)")
+    ckpt = load_checkpoint(out)
+    if ckpt.train_state is None:
+        raise ValueError(f"{out} holds no training state (a final export?); it cannot be resumed")
+    return out, ckpt
+
+
+def _settings(args: argparse.Namespace) -> tuple:
+    """(model config, recipe) of the run: resuming, those the checkpoint records."""
+    if not args.resume:
+        _refuse_existing(args)
+        return _model_config(args), _recipe(args, None, args.out)
+    out, ckpt = _checkpoint_to_resume(args)
+    model = _resumed_model(args, ckpt.config, str(out))
+    recipe = _recipe(args, (ckpt.card or {}).get("recipe"), str(out))
+    step = int(ckpt.train_state["step"])
+    if step >= recipe["iterations"]:
+        raise ValueError(
+            f"{out} has finished its {recipe['iterations']} iterations (step {step}); nothing "
+            "to resume. To train it further, start a new run with --base and another --out"
+        )
+    return model, recipe
+
+
+def _refuse_existing(args: argparse.Namespace) -> None:
+    """A new run never replaces an earlier one's checkpoints (checked before loading data)."""
+    from pathlib import Path
+
+    from napari_semiconv.core.training import best_path, fold_path
+
+    out = Path(args.out) if args.folds is None else fold_path(args.out, args.fold)
+    for path in (out, best_path(out)):
+        if path.exists():
+            raise FileExistsError(
+                f"{path} exists; add --resume to continue that run, or choose another --out"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.training import TrainConfig, TrainingDiverged, fold_config, train
 
-    if args.data is None and args.synthetic < 1.0:
-        raise ValueError("--data is required unless --synthetic 1.0 (synthetic worms only)")
     if (args.folds is None) != (args.fold is None):
         raise ValueError("--folds K and --fold I go together")
-    model = _model_config(args)
+    if args.folds is not None and not 0 <= args.fold < args.folds:
+        raise ValueError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
+    model, recipe = _settings(args)
+    if args.data is None and recipe["synthetic_fraction"] < 1.0:
+        raise ValueError("--data is required unless --synthetic 1.0 (synthetic worms only)")
     config = TrainConfig(
         model=model,
         data_root=args.data,
         layout=args.layout,
         wells=split_wells(args.wells),
         val_wells=split_wells(args.val_wells),
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        schedule=args.schedule,
-        warmup_iters=args.warmup,
-        crop=args.crop or None,
-        augment=not args.no_augment,
-        synthetic_fraction=args.synthetic,
+        iterations=recipe["iterations"],
+        batch_size=recipe["batch_size"],
+        lr=recipe["lr"],
+        schedule=recipe["schedule"],
+        warmup_iters=recipe["warmup_iters"],
+        crop=recipe["crop"] or None,
+        augment=recipe["augment"],
+        synthetic_fraction=recipe["synthetic_fraction"],
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         out=args.out,
         resume=args.resume,
-        base=args.base,
-        train_heads_only=args.heads_only,
+        base=recipe["base"],
+        train_heads_only=recipe["train_heads_only"],
         amp=not args.no_amp,
         device=args.device,
-        seed=args.seed,
+        seed=recipe["seed"],
         time_budget_s=args.time_budget,
         data_workers=args.data_workers,
     )
     if args.folds is not None:
-        if not 0 <= args.fold < args.folds:
-            raise ValueError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
         config = fold_config(config, args.folds, args.fold)
     main = int(os.environ.get("RANK", "0")) == 0
     try:

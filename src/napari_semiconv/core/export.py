@@ -204,7 +204,7 @@ def write_run_outputs(
     if existing and not overwrite:
         raise FileExistsError(
             f"refusing to overwrite existing output(s): {', '.join(existing)}; "
-            "choose another output folder or name, or pass overwrite=True"
+            "choose another output folder or name, or remove them"
         )
 
     versions = run_info.get("versions", {})

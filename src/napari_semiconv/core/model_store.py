@@ -74,7 +74,8 @@ def user_model_dir() -> Path:
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.sep in name or "/" in name or name.endswith((".pt", ".pth")) or Path(name).exists()
+    # only a file counts: a folder that happens to share a user model's name must not hide it
+    return os.sep in name or "/" in name or name.endswith((".pt", ".pth")) or Path(name).is_file()
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> tuple[Path, str | None, str]:

@@ -104,7 +104,9 @@ def _is_label_image(array: np.ndarray) -> bool:
     pixel foreground. A label image is piecewise constant: two touching non-zero pixels differ
     only where two objects meet (a few % of the pairs), while in a grey map they often differ.
     """
-    if array.dtype.kind not in "iu" or array.ndim != 2:
+    if array.dtype.kind not in "iu" or array.ndim != 2 or array.size == 0:
+        return False
+    if array.min() != 0:  # ids are >= 0 with a 0 background; e.g. -3/4 is a grey two-level map
         return False
     if np.unique(array[array != 0]).size <= 1:
         return False

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_semiconv.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.devices import bf16_autocast_pays
 from napari_semiconv.core.distributed import ProcessGroup
@@ -55,32 +56,49 @@ __all__ = [
     "TrainingDiverged",
     "best_path",
     "fold_config",
+    "fold_path",
     "kfold",
     "lr_factor",
     "train",
 ]
 
 
-def _prepare_model(config: TrainConfig) -> tuple[torch.nn.Module, dict | None, list[str]]:
+def _resume_checkpoint(config: TrainConfig) -> Checkpoint:
+    """The checkpoint ``config`` resumes. It decides the model, so ``config.model`` becomes its
+    config here, before any data is loaded: the data are normalised for its input mode."""
+    out = Path(config.out)
+    if not out.is_file():
+        raise FileNotFoundError(f"cannot resume: {out} does not exist")
+    ckpt = load_checkpoint(out)
+    if ckpt.train_state is None:
+        raise ValueError(f"{out} holds no train_state (a final export?); it cannot be resumed")
+    mode, asked = ckpt.config.input_mode, config.model.input_mode
+    if (config.samples or config.val_samples) and asked != mode:
+        # given samples were normalised for the config's mode, not for the model's
+        raise ValueError(
+            f"{out} is a {mode!r}-input model but the samples were prepared for {asked!r}"
+        )
+    config.model = ckpt.config
+    return ckpt
+
+
+def _prepare_model(
+    config: TrainConfig, resumed: Checkpoint | None
+) -> tuple[torch.nn.Module, dict | None, list[str]]:
     """(model, train_state to resume or None, notes) for ``config``."""
     notes: list[str] = []
     out = Path(config.out) if config.out else None
-    if out is not None and not config.resume:
+    if out is not None and resumed is None:
         for path in (out, best_path(out)):
             if path.exists():
                 raise FileExistsError(
-                    f"{path} exists; pass resume=True to continue that run or choose a new out"
+                    f"{path} exists; resume that run, or choose another output name or remove it"
                 )
-    if config.resume:
-        if out is None or not out.is_file():
-            raise FileNotFoundError(f"cannot resume: {out} does not exist")
-        ckpt = load_checkpoint(out)
-        if ckpt.train_state is None:
-            raise ValueError(f"{out} holds no train_state (a final export?); it cannot be resumed")
-        model = build_model(ckpt.config)
-        model.load_state_dict(ckpt.state_dict)
-        notes.append(f"resumed {out} at step {ckpt.train_state['step']}")
-        return model, ckpt.train_state, notes
+    if resumed is not None:
+        model = build_model(resumed.config)
+        model.load_state_dict(resumed.state_dict)
+        notes.append(f"resumed {out} at step {resumed.train_state['step']}")
+        return model, resumed.train_state, notes
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     if config.base:
@@ -175,6 +193,7 @@ def train(config: TrainConfig) -> Iterator[TrainProgress]:
     """
     config.check()
     config = dataclasses.replace(config)  # loading data below must not mutate the caller's
+    resumed = _resume_checkpoint(config) if config.resume else None
     if not config.samples and config.data_root:
         config.samples, config.val_samples = load_samples(config)
     if not config.samples and config.synthetic_fraction < 1.0:
@@ -184,13 +203,15 @@ def train(config: TrainConfig) -> Iterator[TrainProgress]:
         )
     group = ProcessGroup(config.device)
     try:
-        yield from _run(config, group)
+        yield from _run(config, group, resumed)
     finally:
         group.close()
 
 
-def _run(config: TrainConfig, group: ProcessGroup) -> Iterator[TrainProgress]:
-    model, state, notes = _prepare_model(config)
+def _run(
+    config: TrainConfig, group: ProcessGroup, resumed: Checkpoint | None
+) -> Iterator[TrainProgress]:
+    model, state, notes = _prepare_model(config, resumed)
     config.model = model.config
     heads_only = config.train_heads_only
     if heads_only:
@@ -360,14 +381,17 @@ def fold_config(config: TrainConfig, k: int, fold: int) -> TrainConfig:
     config.check()
     samples = config.samples or load_samples(config)[0]
     train_samples, val_samples = kfold_split(samples, k, fold, seed=config.seed)
-    out = None
-    if config.out:
-        path = Path(config.out)
-        out = str(path.with_name(f"{path.stem}.fold{fold}{path.suffix or '.pt'}"))
+    out = str(fold_path(config.out, fold)) if config.out else None
     card = {**config.card, "fold": {"k": int(k), "index": int(fold)}}
     return dataclasses.replace(
         config, samples=train_samples, val_samples=val_samples, out=out, card=card
     )
+
+
+def fold_path(out: str | os.PathLike[str], fold: int) -> Path:
+    """Where fold ``fold`` of a k-fold run writes its checkpoint: model.pt -> model.fold2.pt."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}.fold{fold}{path.suffix or '.pt'}")
 
 
 def kfold(config: TrainConfig, k: int) -> Iterator[tuple[int, TrainProgress]]:
