@@ -121,7 +121,7 @@ def test_rectangles_crop_and_are_checked():
     with pytest.raises(ValueError, match="at least 32 px"):
         roi_from_points([[0, 0], [10, 50]], (96, 96))
     outside = [(-5, 0, 40, 40), (0, 0, 40, 120), (40, 40, 0, 90)]
-    for bad, words in [((0, 0, 10, 10), "is 10x10 px")] + [(r, "not inside") for r in outside]:
+    for bad, words in [((0, 0, 10, 10), "is 10x10 px")] + [(r, "lies outside") for r in outside]:
         pair.rois = [bad]
         with pytest.raises(ValueError, match=words):
             check_pair(pair)

@@ -126,17 +126,23 @@ def roi_from_points(points: Any, shape: tuple[int, int]) -> Roi:
     height, width = int(shape[0]), int(shape[1])
     r0, c0 = np.floor(pts.min(axis=0)).astype(int)
     r1, c1 = np.ceil(pts.max(axis=0)).astype(int)
-    r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, height), min(c1, width)
-    if r1 <= r0 or c1 <= c0:
+    roi = int(max(r0, 0)), int(max(c0, 0)), int(min(r1, height)), int(min(c1, width))
+    check_roi(roi, (height, width))
+    return roi
+
+
+def check_roi(roi: Roi, shape: tuple[int, int]) -> None:
+    """Refuse a rectangle that is not inside an image of ``shape`` or under ``MIN_SIDE`` px."""
+    r0, c0, r1, c1 = (int(v) for v in roi)
+    if not (0 <= r0 < r1 <= shape[0] and 0 <= c0 < c1 <= shape[1]):
         raise ValueError(
-            f"the rectangle lies outside the {height}x{width} image; draw it over the image"
+            f"the rectangle lies outside the {shape[0]}x{shape[1]} image; draw it over the image"
         )
     if min(r1 - r0, c1 - c0) < MIN_SIDE:
         raise ValueError(
             f"the rectangle is {r1 - r0}x{c1 - c0} px inside the image; draw one at least "
             f"{MIN_SIDE} px on a side around the worms you checked"
         )
-    return int(r0), int(c0), int(r1), int(c1)
 
 
 def _plane_shape(image: np.ndarray, what: str) -> tuple[int, int]:
@@ -188,16 +194,10 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
         raise ValueError(f"{where}: labels {pair.labels_name!r} hold negative ids")
     _check_one_label_per_worm(labels, where, pair.labels_name)
     for roi in pair.rois:
-        r0, c0, r1, c1 = (int(v) for v in roi)
-        if not (0 <= r0 < r1 <= shape[0] and 0 <= c0 < c1 <= shape[1]):
-            raise ValueError(
-                f"{where}: the rectangle {list(roi)} is not inside the {shape[0]}x{shape[1]} image"
-            )
-        if min(r1 - r0, c1 - c0) < MIN_SIDE:
-            raise ValueError(
-                f"{where}: the rectangle {list(roi)} is {r1 - r0}x{c1 - c0} px; draw one at "
-                f"least {MIN_SIDE} px on a side"
-            )
+        try:
+            check_roi(roi, shape)
+        except ValueError as exc:
+            raise ValueError(f"{where}, rectangle {list(roi)}: {exc}") from None
     crops = []
     for roi in pair.rois or [None]:
         win = (slice(roi[0], roi[2]), slice(roi[1], roi[3])) if roi else (slice(None),) * 2
