@@ -297,6 +297,26 @@ def test_a_sliver_at_a_tile_edge_does_not_become_a_worm():
     assert len(masks) == 2
 
 
+def test_each_tiles_core_decides_the_pixels_of_a_merged_worm():
+    # tile 1 sees the worm near its left edge and spills past it there (little context); in
+    # tile 0's core tile 0's piece decides, so the spill goes; in tile 1's core tile 1's does
+    h, w = 100, 180
+    tiles = tile_grid(h, w, 100, 20)
+    left, right = tiles
+    worm = np.zeros((h, w), bool)
+    worm[40:46, 10:170] = True
+    spilled = worm.copy()
+    spilled[36:50, right.x0 : right.x0 + 6] = True  # a blob at tile 1's edge, in tile 0's core
+    candidates = [
+        _piece(0, worm, (left.y0, left.y1, left.x0, left.x1), 0.9),
+        _piece(1, spilled, (right.y0, right.y1, right.x0, right.x1), 0.8),
+    ]
+    masks, scores = merge_candidates(candidates, tiles, h, w)
+    assert masks.shape == (1, h, w)
+    np.testing.assert_array_equal(masks[0], worm)
+    assert scores[0] == pytest.approx(0.9)
+
+
 def test_merging_recovers_every_worm_from_perfect_tiles():
     """With a perfect detector (each tile sees the true worms cut to its window), merging the
     tiles gives back exactly the true worms: one instance per worm, nothing split or fused."""

@@ -14,9 +14,13 @@ always holds its own piece of each worm, so no worm pixel is lost.
 
 Instances are merged across tiles by their agreement *inside the shared overlap*: two candidates
 from different tiles are the same worm when the IoU of their masks restricted to the pixels both
-tiles see exceeds 0.5. A merged worm is the union of its pieces, so a worm longer than one tile
-(cut by every tile border) is reassembled. Candidates of one tile are never merged with each
-other: the detector's own output keeps overlapping worms apart.
+tiles see exceeds 0.5. A merged worm is assembled from its pieces, so a worm longer than one tile
+(cut by every tile border) is reassembled: in the core of each tile that holds a piece, that
+tile's piece decides the pixels (it sees them away from its border); elsewhere the union of the
+pieces stands. (On 10 training wells tiled at 512 px, against the plain union: worms-brightfield
+AP 0.602 -> 0.611, avS 0.623 -> 0.625; worms-binary AP 0.737 -> 0.747, avS 0.705 -> 0.707.)
+Candidates of one tile are never merged with each other: the detector's own output keeps
+overlapping worms apart.
 
 Candidates are stored as crops to their bounding box, so memory grows with the worms, not with
 the number of tiles. A candidate may carry its mask *probability* (uint8, 255 = 1) on the same
@@ -244,9 +248,23 @@ def merge_candidates_soft(
         for i in group:
             c = candidates[i]
             masks[k, c.y0 : c.y1, c.x0 : c.x1] |= c.mask
+        if len({candidates[i].tile for i in group}) > 1:
+            _decide_by_owner(masks[k], [candidates[i] for i in group], tiles)
         scores[k] = max(candidates[i].score for i in group)
         soft.append(_merged_prob([candidates[i] for i in group]))
     return masks, scores, soft
+
+
+def _decide_by_owner(mask: np.ndarray, pieces: list[Candidate], tiles: list[Tile]) -> None:
+    """In each core of a tile that holds a piece of this worm, keep the worm's pixels as that
+    tile's piece has them (it sees them away from its border); elsewhere the union stays."""
+    for tile_index in {c.tile for c in pieces}:
+        t = tiles[tile_index]
+        own = np.zeros((t.cy1 - t.cy0, t.cx1 - t.cx0), dtype=bool)
+        for c in pieces:
+            if c.tile == tile_index:
+                own |= crop_on_window(c.mask, c.y0, c.x0, (t.cy0, t.cy1), (t.cx0, t.cx1))
+        mask[t.cy0 : t.cy1, t.cx0 : t.cx1] = own
 
 
 def _merged_prob(pieces: list[Candidate]) -> SoftMask | None:
