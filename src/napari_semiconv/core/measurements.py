@@ -9,16 +9,19 @@ Measurements (one dict per instance, keys in :data:`MEASUREMENT_COLUMNS` order):
 - ``length``: worm length in pixels. The mask is skeletonised (``skimage.morphology.skeletonize``)
   and the skeleton read as a graph (8-connected, steps of 1 or sqrt(2)). A worm's skeleton may have
   small spurs, so the centre line is the *longest shortest path between two skeleton endpoints*
-  (``scipy.sparse.csgraph.dijkstra`` from every endpoint). The skeleton stops about half a body
+  (``scipy.sparse.csgraph.dijkstra`` from every endpoint), measured along the path's pixels
+  smoothed by a moving average over 7 points (ends fixed): the pixel staircase of a straight
+  worm at an angle to the grid is not its length. The skeleton stops about half a body
   width short of each tip, so the Euclidean distance transform at the two path ends is added:
-  ``length = geodesic path length + (edt(end_a) - 0.5) + (edt(end_b) - 0.5)`` (the 0.5: the path
+  ``length = centre line length + (edt(end_a) - 0.5) + (edt(end_b) - 0.5)`` (the 0.5: the path
   joins pixel centres, the edt reaches the centre of the first background pixel). A straight
   w-wide, L-long bar thus measures close to L. A loop in the skeleton (a worm touching itself) is
   cut at one edge, so the path runs around the loop, and no tip correction is added at the cut.
   Disconnected fragments: only the skeleton component holding the longest path counts.
 - ``width``: mean width = ``area / length`` (a worm is modelled as a band of that length).
-- ``straightness``: straight-line distance between the two path ends / geodesic length of the
-  path, both on the skeleton itself (no tip correction), so 1.0 for a straight worm and clearly
+- ``straightness``: straight-line distance between the two path ends / length of the smoothed
+  centre line, both on the skeleton itself (no tip correction), so about 1.0 for a straight worm
+  at any angle (0.97 or more for bars of width 3-10) and clearly
   below 1 for a bent one. A skeleton of a single pixel (a blob) has straightness 1.0.
 - ``centroid_y``, ``centroid_x``: mean pixel coordinates (rows, columns).
 - ``bbox_y0, bbox_x0, bbox_y1, bbox_x1``: bounding box, start inclusive and end exclusive
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -193,8 +197,36 @@ def _skeleton_graph(skeleton: np.ndarray):
     return graph, coords
 
 
-def _longest_path(graph) -> tuple[float, int, int]:
-    """(geodesic length, node a, node b) of the longest path along the skeleton.
+# Half-window (in path points) of the moving average that turns the skeleton's pixel staircase
+# into a centre line: a straight bar at 22.5° measured 9 % long (steps of 1 and sqrt(2)) and
+# straightness 0.90 before; with it, within about 2 % and above 0.97 at every angle.
+_SMOOTH_HALF = 3
+
+
+def _path_points(tree, a: int, b: int, coords: np.ndarray) -> np.ndarray:
+    """The pixel coordinates (K, 2) of the tree's path from node ``a`` to node ``b``."""
+    _, predecessor = dijkstra(tree, directed=False, indices=a, return_predecessors=True)
+    nodes = [b]
+    while nodes[-1] != a:
+        nodes.append(int(predecessor[nodes[-1]]))
+    return coords[nodes[::-1]].astype(np.float64)
+
+
+def _centre_line_length(points: np.ndarray) -> float:
+    """Length of the path's points smoothed by a moving average whose window shrinks towards the
+    two ends (so the ends stay where they are)."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    total = np.vstack([np.zeros((1, 2)), np.cumsum(points, axis=0)])
+    half = np.minimum(np.minimum(np.arange(n), np.arange(n)[::-1]), _SMOOTH_HALF)
+    index = np.arange(n)
+    smooth = (total[index + half + 1] - total[index - half]) / (2 * half + 1)[:, None]
+    return float(np.sum(np.hypot(*np.diff(smooth, axis=0).T)))
+
+
+def _longest_tree_path(graph) -> tuple[float, int, int, Any]:
+    """(geodesic length, node a, node b, the forest) of the longest path along the skeleton.
 
     The skeleton graph is first reduced to a maximum spanning forest: a diagonal step that
     short-cuts two orthogonal ones (a staircase corner of the skeleton) is kept, and a real loop
@@ -205,7 +237,7 @@ def _longest_path(graph) -> tuple[float, int, int]:
     """
     n = graph.shape[0]
     if n == 1:
-        return 0.0, 0, 0
+        return 0.0, 0, 0, graph
     # Maximum spanning forest of weights w = minimum spanning forest of (3 - w) > 0.
     flipped = graph.copy()
     flipped.data = 3.0 - flipped.data
@@ -223,7 +255,7 @@ def _longest_path(graph) -> tuple[float, int, int]:
         b = int(np.argmax(d1))
         if d1[b] > best[0]:
             best = (float(d1[b]), a, b)
-    return best
+    return (*best, tree)
 
 
 def measure_mask(mask: np.ndarray) -> dict[str, float]:
@@ -244,7 +276,8 @@ def measure_mask(mask: np.ndarray) -> dict[str, float]:
         skeleton = np.zeros_like(crop)
         skeleton[ys[len(ys) // 2], xs[len(xs) // 2]] = True
     graph, coords = _skeleton_graph(skeleton)
-    path_len, a, b = _longest_path(graph)
+    _, a, b, tree = _longest_tree_path(graph)
+    path_len = _centre_line_length(_path_points(tree, a, b, coords)) if a != b else 0.0
     # Tip correction only at true skeleton ends (degree <= 1), not where a loop was cut. The edt is
     # the distance from the end pixel's centre to the nearest background pixel's centre; the body
     # edge lies half a pixel before that, and the path runs between pixel centres, so a 1-px-wide
