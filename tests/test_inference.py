@@ -271,6 +271,14 @@ def test_merge_reassembles_a_worm_cut_by_tiles_and_keeps_crossing_worms():
     np.testing.assert_allclose(scores, [0.9, 0.8])
 
 
+def _seen_by_each(tiles, *seen: tuple[np.ndarray, float]) -> list[Candidate]:
+    """Tile k's candidate: the k-th (mask, score) cut to tile k's window."""
+    return [
+        _piece(k, mask, (t.y0, t.y1, t.x0, t.x1), score)
+        for k, (t, (mask, score)) in enumerate(zip(tiles, seen, strict=True))
+    ]
+
+
 def test_a_sliver_at_a_tile_edge_does_not_become_a_worm():
     # tile 0 holds a short worm whole, inside the overlap; tile 1 sees only its end at its left
     # edge, spilling a little past it: the sliver lies outside tile 1's core and is dropped
@@ -282,10 +290,7 @@ def test_a_sliver_at_a_tile_edge_does_not_become_a_worm():
     worm[40:46, right.x0 - 30 : right.cx0 - 2] = True  # ends short of tile 1's core
     sliver = np.zeros((h, w), bool)
     sliver[39:47, right.x0 : right.x0 + 4] = True  # wider than the worm there: IoU is low
-    candidates = [
-        _piece(0, worm, (left.y0, left.y1, left.x0, left.x1), 0.95),
-        _piece(1, sliver, (right.y0, right.y1, right.x0, right.x1), 0.997),
-    ]
+    candidates = _seen_by_each(tiles, (worm, 0.95), (sliver, 0.997))
     masks, scores = merge_candidates(candidates, tiles, h, w)
     assert masks.shape == (1, h, w)
     np.testing.assert_array_equal(masks[0], worm)
@@ -307,10 +312,7 @@ def test_each_tiles_core_decides_the_pixels_of_a_merged_worm():
     worm[40:46, 10:170] = True
     spilled = worm.copy()
     spilled[36:50, right.x0 : right.x0 + 6] = True  # a blob at tile 1's edge, in tile 0's core
-    candidates = [
-        _piece(0, worm, (left.y0, left.y1, left.x0, left.x1), 0.9),
-        _piece(1, spilled, (right.y0, right.y1, right.x0, right.x1), 0.8),
-    ]
+    candidates = _seen_by_each(tiles, (worm, 0.9), (spilled, 0.8))
     masks, scores = merge_candidates(candidates, tiles, h, w)
     assert masks.shape == (1, h, w)
     np.testing.assert_array_equal(masks[0], worm)
