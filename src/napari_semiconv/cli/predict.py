@@ -232,14 +232,14 @@ def _check_settings(settings: dict, given: set[str]) -> None:
 
 def _check_outputs(out: Path, stems: list[str]) -> None:
     """Refuse a --out that cannot be a folder, or any output that exists, before any work."""
-    from napari_semiconv.core.export import output_paths
+    from napari_semiconv.core.export import existing_outputs
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     above = next(p for p in (out, *out.parents) if p.exists())  # where --out would be created
     if not above.is_dir():
         raise NotADirectoryError(f"cannot create --out {out}: {above} is a file, not a folder")
-    existing = [str(p) for stem in stems for p in output_paths(out, stem).values() if p.exists()]
+    existing = [str(p) for p in existing_outputs(out, stems)]
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise FileExistsError(

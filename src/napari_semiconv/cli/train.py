@@ -206,16 +206,10 @@ def _checkpoint_to_resume(args: argparse.Namespace):
     """The checkpoint ``--resume`` continues (a fold's own file with --folds)."""
     from pathlib import Path
 
-    from napari_semiconv.core.checkpoint import load_checkpoint
-    from napari_semiconv.core.training import fold_path
+    from napari_semiconv.core.training import fold_path, resumable_checkpoint
 
     out = Path(args.out) if args.folds is None else fold_path(args.out, args.fold)
-    if not out.is_file():
-        raise FileNotFoundError(f"cannot resume: {out} does not exist (drop --resume to start)")
-    ckpt = load_checkpoint(out)
-    if ckpt.train_state is None:
-        raise ValueError(f"{out} holds no training state (a final export?); it cannot be resumed")
-    return out, ckpt
+    return out, resumable_checkpoint(out)
 
 
 def _settings(args: argparse.Namespace) -> tuple:

@@ -42,6 +42,7 @@ from .measurements import (
 
 __all__ = [
     "OUTPUT_SUFFIXES",
+    "existing_outputs",
     "output_paths",
     "read_instances_tif",
     "read_measurements_csv",
@@ -200,7 +201,7 @@ def write_run_outputs(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"cannot write the run outputs: {out} is a file, not a folder")
-    existing = [str(p) for p in paths.values() if p.exists()]
+    existing = [str(p) for p in existing_outputs(out_dir, [stem])]
     if existing and not overwrite:
         raise FileExistsError(
             f"refusing to overwrite existing output(s): {', '.join(existing)}; "
@@ -241,6 +242,12 @@ def write_run_outputs(
             path.unlink(missing_ok=True)
         raise
     return paths
+
+
+def existing_outputs(out_dir: str | os.PathLike[str], stems: list[str]) -> list[Path]:
+    """The run-output files of ``stems`` (:func:`output_paths`) that already exist in
+    ``out_dir``: what :func:`write_run_outputs` refuses to overwrite."""
+    return [p for stem in stems for p in output_paths(out_dir, stem).values() if p.exists()]
 
 
 def read_instances_tif(path: str | os.PathLike[str]) -> np.ndarray:

@@ -174,11 +174,19 @@ def crop_on_window(
     return out
 
 
-def _reaches_core(c: Candidate, tile: Tile) -> bool:
-    """Whether any pixel of ``c``'s mask lies in its tile's core."""
+def _core_part(c: Candidate, tile: Tile) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Where ``c``'s crop meets its tile's core: (image slices, crop slices); empty slices if
+    nowhere."""
     y0, y1 = max(c.y0, tile.cy0), min(c.y1, tile.cy1)
     x0, x1 = max(c.x0, tile.cx0), min(c.x1, tile.cx1)
-    return y0 < y1 and x0 < x1 and bool(c.mask[y0 - c.y0 : y1 - c.y0, x0 - c.x0 : x1 - c.x0].any())
+    y1, x1 = max(y0, y1), max(x0, x1)
+    image = (slice(y0, y1), slice(x0, x1))
+    return image, (slice(y0 - c.y0, y1 - c.y0), slice(x0 - c.x0, x1 - c.x0))
+
+
+def _reaches_core(c: Candidate, tile: Tile) -> bool:
+    """Whether any pixel of ``c``'s mask lies in its tile's core."""
+    return bool(c.mask[_core_part(c, tile)[1]].any())
 
 
 def _same_worm(a: Candidate, b: Candidate, tiles: list[Tile]) -> bool:
@@ -260,11 +268,11 @@ def _decide_by_owner(mask: np.ndarray, pieces: list[Candidate], tiles: list[Tile
     tile's piece has them (it sees them away from its border); elsewhere the union stays."""
     for tile_index in {c.tile for c in pieces}:
         t = tiles[tile_index]
-        own = np.zeros((t.cy1 - t.cy0, t.cx1 - t.cx0), dtype=bool)
+        mask[t.cy0 : t.cy1, t.cx0 : t.cx1] = False
         for c in pieces:
             if c.tile == tile_index:
-                own |= crop_on_window(c.mask, c.y0, c.x0, (t.cy0, t.cy1), (t.cx0, t.cx1))
-        mask[t.cy0 : t.cy1, t.cx0 : t.cx1] = own
+                image, crop = _core_part(c, t)
+                mask[image] |= c.mask[crop]
 
 
 def _merged_prob(pieces: list[Candidate]) -> SoftMask | None:

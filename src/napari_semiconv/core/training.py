@@ -59,19 +59,32 @@ __all__ = [
     "fold_path",
     "kfold",
     "lr_factor",
+    "resumable_checkpoint",
     "train",
 ]
+
+
+def resumable_checkpoint(out: str | os.PathLike[str]) -> Checkpoint:
+    """The checkpoint at ``out``, checked to hold a training state to resume from.
+
+    Raises:
+        FileNotFoundError: no file at ``out``.
+        ValueError: a final export (no training state).
+    """
+    out = Path(out)
+    if not out.is_file():
+        raise FileNotFoundError(f"cannot resume: {out} does not exist")
+    ckpt = load_checkpoint(out)
+    if ckpt.train_state is None:
+        raise ValueError(f"{out} holds no train_state (a final export?); it cannot be resumed")
+    return ckpt
 
 
 def _resume_checkpoint(config: TrainConfig) -> Checkpoint:
     """The checkpoint ``config`` resumes. It decides the model, so ``config.model`` becomes its
     config here, before any data is loaded: the data are normalised for its input mode."""
     out = Path(config.out)
-    if not out.is_file():
-        raise FileNotFoundError(f"cannot resume: {out} does not exist")
-    ckpt = load_checkpoint(out)
-    if ckpt.train_state is None:
-        raise ValueError(f"{out} holds no train_state (a final export?); it cannot be resumed")
+    ckpt = resumable_checkpoint(out)
     mode, asked = ckpt.config.input_mode, config.model.input_mode
     if (config.samples or config.val_samples) and asked != mode:
         # given samples were normalised for the config's mode, not for the model's
