@@ -3,10 +3,8 @@
 A biologist corrects a few worms and retrains; this module turns what they picked into a
 :class:`~napari_semiconv.core.training.TrainConfig` for the trainer (``core.training.train``):
 
-- :func:`check_pair` refuses annotations that would teach the model nonsense (no worms, shapes
-  that differ, one label covering most of the image: a foreground mask, not one label per worm)
-  and crops a pair to its rectangles of interest (:func:`roi_from_points`). Without a rectangle
-  the whole image counts as annotated: every unlabelled pixel is taught as background.
+- ``core.finetune_pairs.check_pair`` (re-exported here) refuses annotations that would teach
+  the model nonsense and crops a pair to its rectangles of interest.
 - :func:`build_train_config` loads the base model's architecture, writes the pairs as an
   ``images/`` + ``labels/`` folder beside the new model (so :func:`cli_command` names a command
   that really reproduces the run), and fills the model card (base model, pairs and sizes, the
@@ -29,6 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from napari_semiconv.core.finetune_pairs import (
+    GIANT_FRACTION,
+    MIN_SIDE,
+    AnnotatedPair,
+    Roi,
+    check_pair,
+    check_roi,
+    roi_from_points,
+)
 from napari_semiconv.core.finetune_run import LossHistory, train_with_budget
 
 __all__ = [
@@ -45,42 +52,11 @@ __all__ = [
     "cli_command",
     "history_path",
     "output_path",
+    "check_roi",
     "roi_from_points",
     "safe_name",
     "train_with_budget",
 ]
-
-#: a label covering more than this fraction of its image is refused (a foreground mask)
-GIANT_FRACTION = 0.5
-#: smallest image (or rectangle) side accepted for training, in pixels (the trainer's crop floor)
-MIN_SIDE = 32
-# A label in this many separate pieces (of at least PIECE_MIN_AREA px) is several worms: among
-# the 710 worms of the 50 BBBC010 training wells, flattened to one label image (crossing worms
-# cut each other), none has more than 3; one label painted over a well's worms has 7-12.
-SCATTERED_PIECES = 5
-PIECE_MIN_AREA = 20
-
-Roi = tuple[int, int, int, int]  # (row0, col0, row1, col1), ends exclusive
-
-
-@dataclass
-class AnnotatedPair:
-    """One training image with its worm labels, as picked in the viewer.
-
-    ``image``: (H, W) grey or (H, W, 3|4) RGB(A), any numeric dtype, raw (normalised later for
-    the base model's input mode). ``labels``: (H, W) integers, 0 = background, one id per worm.
-    ``rois``: rectangles (row0, col0, row1, col1) to train on; empty = the whole image.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    image_name: str
-    labels_name: str
-    rois: list[Roi] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return f"{self.image_name} / {self.labels_name}"
 
 
 @dataclass
@@ -112,140 +88,6 @@ class FineTuneSpec:
 
 
 # ---------------------------------------------------------------------------- checking input
-def roi_from_points(points: Any, shape: tuple[int, int]) -> Roi:
-    """The bounding box of a rectangle's corners (K, 2) in image pixels (row, col), rounded
-    outwards and clipped to an image of ``shape``.
-
-    Raises:
-        ValueError: the rectangle lies outside the image or is under ``MIN_SIDE`` px on a side.
-    """
-    pts = np.asarray(points, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] < 2 or len(pts) < 2 or not np.isfinite(pts).all():
-        raise ValueError(f"a rectangle needs corner points (K, 2), got an array of {pts.shape}")
-    pts = pts[:, -2:]  # (…, row, col): leading axes of an N-D shape layer are dropped
-    height, width = int(shape[0]), int(shape[1])
-    r0, c0 = np.floor(pts.min(axis=0)).astype(int)
-    r1, c1 = np.ceil(pts.max(axis=0)).astype(int)
-    roi = int(max(r0, 0)), int(max(c0, 0)), int(min(r1, height)), int(min(c1, width))
-    check_roi(roi, (height, width))
-    return roi
-
-
-def check_roi(roi: Roi, shape: tuple[int, int]) -> None:
-    """Refuse a rectangle that is not inside an image of ``shape`` or under ``MIN_SIDE`` px."""
-    r0, c0, r1, c1 = (int(v) for v in roi)
-    if not (0 <= r0 < r1 <= shape[0] and 0 <= c0 < c1 <= shape[1]):
-        raise ValueError(
-            f"the rectangle lies outside the {shape[0]}x{shape[1]} image; draw it over the image"
-        )
-    if min(r1 - r0, c1 - c0) < MIN_SIDE:
-        raise ValueError(
-            f"the rectangle is {r1 - r0}x{c1 - c0} px inside the image; draw one at least "
-            f"{MIN_SIDE} px on a side around the worms you checked"
-        )
-
-
-def _plane_shape(image: np.ndarray, what: str) -> tuple[int, int]:
-    if image.ndim == 2:
-        return image.shape
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        return image.shape[:2]
-    raise ValueError(
-        f"{what} has shape {image.shape}; fine-tuning takes 2-D images (H, W) or RGB (H, W, 3): "
-        "for a stack, pick one plane (e.g. Image > Duplicate the current slice)"
-    )
-
-
-def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | None]]:
-    """Validate ``pair``; return its training crops ``[(image, labels, roi or None)]``.
-
-    Raises:
-        TypeError: labels that are not integers.
-        ValueError: naming the pair and the problem: a non-2-D image, image and labels of
-            different shapes, an image under ``MIN_SIDE`` px, no labelled worm (in a
-            rectangle), negative labels, a yes/no (bool) mask, a rectangle outside the image or
-            under ``MIN_SIDE`` px, or one label covering more than ``GIANT_FRACTION`` of the
-            image (almost certainly a foreground mask, not one label per worm).
-    """
-    image, labels = np.asarray(pair.image), np.asarray(pair.labels)
-    where = f"pair {pair.name!r}"
-    shape = _plane_shape(image, f"{where}: image {pair.image_name!r}")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise TypeError(
-            f"{where}: labels {pair.labels_name!r} hold {labels.dtype} values; pick a Labels "
-            "layer (integer ids, 0 = background)"
-        )
-    if labels.dtype == bool:
-        # a yes/no mask would train every worm in it as one: refused, whatever its size
-        raise ValueError(
-            f"{where}: labels {pair.labels_name!r} are a yes/no mask, not one label per worm; "
-            "give every worm its own label (e.g. start from the Segment widget's result with "
-            "'Correct this result')"
-        )
-    if labels.shape != shape:
-        raise ValueError(
-            f"{where}: image {pair.image_name!r} is {shape[0]}x{shape[1]} but labels "
-            f"{pair.labels_name!r} are {'x'.join(map(str, labels.shape))}; pick the labels drawn "
-            "on this image"
-        )
-    if min(shape) < MIN_SIDE:
-        raise ValueError(f"{where}: the image is {shape}, under {MIN_SIDE} px on a side")
-    if labels.size and int(labels.min()) < 0:
-        raise ValueError(f"{where}: labels {pair.labels_name!r} hold negative ids")
-    _check_one_label_per_worm(labels, where, pair.labels_name)
-    for roi in pair.rois:
-        try:
-            check_roi(roi, shape)
-        except ValueError as exc:
-            raise ValueError(f"{where}, rectangle {list(roi)}: {exc}") from None
-    crops = []
-    for roi in pair.rois or [None]:
-        win = (slice(roi[0], roi[2]), slice(roi[1], roi[3])) if roi else (slice(None),) * 2
-        crop_labels = labels[win].astype(np.int64)
-        inside = f" inside the rectangle {list(roi)}" if roi else ""
-        ids, counts = np.unique(crop_labels[crop_labels > 0], return_counts=True)
-        if ids.size == 0:
-            raise ValueError(
-                f"{where}: labels {pair.labels_name!r} have no labelled worm{inside}; paint the "
-                "worms (one label per worm) or remove the pair"
-            )
-        biggest = int(np.argmax(counts))
-        fraction = counts[biggest] / crop_labels.size
-        if fraction > GIANT_FRACTION:
-            raise ValueError(
-                f"{where}: label {int(ids[biggest])} of {pair.labels_name!r} covers "
-                f"{100 * fraction:.0f}% of the image{inside}. A single object that large is "
-                "almost certainly a foreground mask, not a worm: give every worm its own label "
-                "(e.g. start from the Segment widget's result with 'Correct this result')"
-            )
-        crops.append((image[win], crop_labels, roi))
-    return crops
-
-
-def _check_one_label_per_worm(labels: np.ndarray, where: str, name: str) -> None:
-    """Refuse a label in ``SCATTERED_PIECES`` or more separate pieces of ``PIECE_MIN_AREA`` px:
-    several worms painted with one label (a foreground mask of a sparse plate, which the
-    ``GIANT_FRACTION`` rule misses: all 15 worms of a BBBC010 well cover 4 %)."""
-    from scipy import ndimage
-
-    ids, compact = np.unique(labels, return_inverse=True)  # any ids -> 0..K (0 = background)
-    compact = compact.reshape(labels.shape)
-    if ids.size and ids[0] != 0:  # no background pixel: shift so that every id is counted
-        ids, compact = np.concatenate([[0], ids]), compact + 1
-    for k, box in enumerate(ndimage.find_objects(compact), start=1):
-        if box is None:
-            continue
-        pieces, n = ndimage.label(compact[box] == k)
-        big = int((np.bincount(pieces.ravel())[1:] >= PIECE_MIN_AREA).sum()) if n else 0
-        if big >= SCATTERED_PIECES:
-            raise ValueError(
-                f"{where}: label {int(ids[k])} of {name!r} is in {big} separate pieces: several "
-                "worms painted with one label (a foreground mask?), not one label per worm. Give "
-                "every worm its own label (e.g. start from the Segment widget's result with "
-                "'Correct this result')"
-            )
-
-
 def check_folder(folder: str | Path) -> list[str]:
     """The image stems of ``folder/images`` with a label file in ``folder/labels`` (same stem,
     or the stem + ``_instances``/``_labels``/``_masks``…, as ``core.data.folders`` reads them).

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 
-from ..core.finetune import AnnotatedPair, roi_from_points
+from ..core.finetune_pairs import AnnotatedPair, roi_from_points
 from ._layers import numbered, output_names
 
 WHOLE_IMAGE = "whole image"
