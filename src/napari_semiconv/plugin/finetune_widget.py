@@ -5,7 +5,8 @@ paired with its image), fix a few worms, Train, and use the new model in the Seg
 once. The widget gathers a :class:`~napari_semiconv.core.finetune.FineTuneSpec` (checked on the
 GUI thread: bad input starts nothing), runs ``_finetune_worker.run_finetune`` in a
 ``napari.qt.threading`` worker and shows the loss curve and a preview. All of the training is in
-``core.training``; torch is imported only when a run starts or a model is listed.
+``core.training``; torch is imported only when a run starts or a model is listed. The controls
+are laid out by ``_finetune_layout.build_layout``.
 """
 
 from __future__ import annotations
@@ -16,21 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QApplication,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QRadioButton,
-    QVBoxLayout,
     QWidget,
 )
 
-from ._finetune_curve import LossCurve, format_metric, spin_box
+from ._finetune_curve import format_metric
+from ._finetune_layout import EVERYTHING, HEADS_ONLY, build_layout
 from ._finetune_pairs import (
     NONE,
     PairRow,
@@ -42,7 +34,7 @@ from ._finetune_pairs import (
     worms_layers,
 )
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
-from ._pickers import ModelPicker, show_error
+from ._pickers import show_error
 from ._settings import (
     FINETUNE_FILE,
     finetune_snapshot,
@@ -58,13 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..core.finetune import FineTuneSpec
 
-HEADS_ONLY, EVERYTHING = "heads only (fast; CPU)", "everything (GPU)"
-WHOLE_IMAGE_NOTE = (
-    "Each pair's whole image counts as annotated: every unlabelled pixel is taught as "
-    "background, so label every worm in it, or pick a Shapes layer as the pair's region: then "
-    "only its rectangles are used."
-)
-
 
 class FineTuneWidget(QWidget):
     """Fine-tune a semi-convolutional Mask R-CNN on (image, labels) pairs or a folder."""
@@ -78,7 +63,7 @@ class FineTuneWidget(QWidget):
         self.last_output: Path | None = None  # the model file of the latest run
         self.last_step = 0
         self._preview_target: dict[str, Any] = {}
-        self._build()
+        build_layout(self)
         self.add_pair()
         self.refresh_layers()
         self.refresh_models()
@@ -87,117 +72,6 @@ class FineTuneWidget(QWidget):
         self.restored = restore_finetune(self, remembered, HEADS_ONLY, EVERYTHING)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.refresh_layers)
-
-    # ------------------------------------------------------------------ layout
-    def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        source = QHBoxLayout()
-        self.layers_radio = QRadioButton("Layers in the viewer")
-        self.folder_radio = QRadioButton("Folder (images/ + labels/)")
-        self.layers_radio.setChecked(True)
-        self.layers_radio.toggled.connect(self._source_changed)
-        source.addWidget(self.layers_radio)
-        source.addWidget(self.folder_radio)
-        layout.addLayout(source)
-
-        self.pairs_box = QWidget()
-        pairs = QVBoxLayout(self.pairs_box)
-        pairs.setContentsMargins(0, 0, 0, 0)
-        header = QLabel("Image · Labels · Region")
-        header.setToolTip(WHOLE_IMAGE_NOTE)
-        pairs.addWidget(header)
-        self.rows_layout = QVBoxLayout()
-        pairs.addLayout(self.rows_layout)
-        buttons = QHBoxLayout()
-        self.add_button = QPushButton("Add pair")
-        self.add_button.clicked.connect(lambda: self.add_pair())
-        self.correct_button = QPushButton("Correct this result")
-        self.correct_button.setToolTip(
-            "Copy the Segment widget's '<image> worms' layer to an editable '<image> "
-            "corrections' layer and add it as a training pair"
-        )
-        self.correct_button.clicked.connect(lambda: self.correct_result())
-        buttons.addWidget(self.add_button)
-        buttons.addWidget(self.correct_button)
-        pairs.addLayout(buttons)
-        self.note_label = QLabel(WHOLE_IMAGE_NOTE)
-        self.note_label.setWordWrap(True)
-        pairs.addWidget(self.note_label)
-        layout.addWidget(self.pairs_box)
-
-        self.folder_box = QWidget()
-        folder = QHBoxLayout(self.folder_box)
-        folder.setContentsMargins(0, 0, 0, 0)
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("folder with images/ and labels/ (same file names)")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_folder)
-        folder.addWidget(self.folder_edit, 1)
-        folder.addWidget(browse)
-        layout.addWidget(self.folder_box)
-        self.folder_box.setVisible(False)
-
-        form = QFormLayout()
-        self.val_row = PairRow(self.viewer, removable=False, optional=True)
-        form.addRow("Validation", self.val_row)
-        self.models = ModelPicker(self)
-        self.model_combo = self.models.combo
-        form.addRow("Base model", self.models.row)
-        form.addRow(self.models.card_label)  # its card: input mode, training data, metrics
-        self.iter_spin = spin_box(1, 100_000, 200, "Training steps (the length of the schedule)")
-        form.addRow("Iterations", self.iter_spin)
-        self.minutes_spin = QDoubleSpinBox()
-        self.minutes_spin.setRange(0.0, 24 * 60)
-        self.minutes_spin.setDecimals(1)
-        self.minutes_spin.setSpecialValueText("no limit")
-        self.minutes_spin.setToolTip("Stop after this many minutes (at the next checkpoint)")
-        form.addRow("Time budget (min)", self.minutes_spin)
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(5)
-        self.lr_spin.setRange(1e-5, 0.1)
-        self.lr_spin.setSingleStep(0.0005)
-        self.lr_spin.setValue(0.0025)
-        form.addRow("Learning rate", self.lr_spin)
-        self.what_combo = QComboBox()
-        self.what_combo.addItems([HEADS_ONLY, EVERYTHING])
-        self.what_combo.setToolTip("Heads only freezes the backbone and FPN: fewer weights to fit")
-        form.addRow("Train", self.what_combo)
-        self.batch_spin = spin_box(1, 64, 2, "Crops per step")
-        form.addRow("Batch size", self.batch_spin)
-        self.crop_spin = spin_box(32, 4096, 256, "Side of the random training crops, in pixels")
-        form.addRow("Crop", self.crop_spin)
-        self.device_combo = QComboBox()
-        form.addRow("Device", self.device_combo)
-        self.name_edit = QLineEdit()
-        self.name_edit.setToolTip("Name of the new model in your model folder")
-        form.addRow("Output name", self.name_edit)
-        self.resume_check = QCheckBox("Resume (continue the model named above)")
-        form.addRow(self.resume_check)
-        preview = QHBoxLayout()
-        self.preview_combo = QComboBox()
-        self.preview_combo.setToolTip("Segment this image with the latest checkpoint as it trains")
-        self.preview_spin = spin_box(0, 100_000, 25, "Preview every N steps (0: at the end only)")
-        preview.addWidget(self.preview_combo, 1)
-        preview.addWidget(QLabel("every"))
-        preview.addWidget(self.preview_spin)
-        form.addRow("Preview on", preview)
-        layout.addLayout(form)
-
-        run = QHBoxLayout()
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(lambda: self.train())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        run.addWidget(self.train_button)
-        run.addWidget(self.cancel_button)
-        layout.addLayout(run)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
-        self.curve = LossCurve(self)
-        layout.addWidget(self.curve)
-        layout.addStretch(1)
 
     # ------------------------------------------------------------------ pickers
     def refresh_layers(self, *_: Any) -> None:
