@@ -203,3 +203,52 @@ def test_real_bbbc010_ground_truth_with_overlaps(bbbc010_root):
     assert missed.summary["avS"] == pytest.approx((n - 1) / n)
     points = np.linspace(0, 1, 101)
     assert missed.summary["AP"] == pytest.approx(np.mean(points <= (n - 1) / n + 1e-9))
+
+
+def many_worms(n: int) -> np.ndarray:
+    """n separate 2 x 6 px worms on a 240 x 240 image (at most 30 x 30 of them)."""
+    masks = np.zeros((n, 240, 240), dtype=bool)
+    for k in range(n):
+        y, x = 8 * (k // 30), 8 * (k % 30)
+        masks[k, y : y + 2, x : x + 6] = True
+    return masks
+
+
+def test_an_image_with_more_than_100_worms_found_perfectly_scores_ap_one():
+    # COCO's cap of 100 detections per image gave 150 perfect worms AP 0.66 (recall 100/150).
+    truth = many_worms(150)
+    scores = np.linspace(0.99, 0.5, 150)
+    result = evaluate([(truth.copy(), scores)], [truth])
+    assert result.summary["AP"] == pytest.approx(1.0)
+    assert result.summary["AP50"] == pytest.approx(1.0)
+    assert result.per_image[0]["AP"] == pytest.approx(1.0)
+    # Only 100 of the 150 found: recall 2/3 caps AP at 67/101 (precision 1 up to recall 0.66).
+    half = evaluate([(truth[:100].copy(), scores[:100])], [truth])
+    assert half.summary["AP"] == pytest.approx(67 / 101)
+
+
+def test_summary_equals_pycocotools_summarize_up_to_100_detections():
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from napari_semiconv.core.evaluation import _coco_dataset
+
+    rng = np.random.default_rng(0)
+    truth = many_worms(40)
+    pred = truth[rng.permutation(40)[:30]].copy()
+    pred[:, :, 1:] |= pred[:, :, :-1]  # one pixel wider: IoU 12/14
+    pred = np.concatenate([pred, many_worms(60)[40:]])  # 20 false positives
+    scores = rng.random(len(pred))
+    result = evaluate([(pred, scores)], [truth])
+    gt = _coco_dataset([truth], [truth.shape[1:]])
+    dt = _coco_dataset([pred], [truth.shape[1:]], [scores])
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    for key, value in zip(("AP", "AP50", "AP75", "APs"), ev.stats[:4], strict=True):
+        assert result.summary[key] == pytest.approx(float(value)), key
+    assert 0.1 < result.summary["AP"] < 0.9

@@ -3,8 +3,10 @@
 COCO mask AP (pycocotools): every instance is run-length encoded on its own
 (``pycocotools.mask.encode``), so overlapping worms are kept on both sides; one category,
 ``iscrowd = 0``, areas = mask pixel counts. AP is the mean precision over IoU 0.50:0.05:0.95 and
-101 recall points, AP50/AP75 at one IoU, APs/APm/APl for areas < 32², 32²–96², > 96² pixels. As in
-COCO, at most 100 detections per image (the highest scored) count. Where pycocotools reports −1
+101 recall points, AP50/AP75 at one IoU, APs/APm/APl for areas < 32², 32²–96², > 96² pixels. COCO
+counts at most 100 detections per image (the highest scored); here the cap is raised to the largest
+number of predictions in one image, so a dense plate's 150 correct worms score AP 1, not 0.66
+(the same figures as COCO's wherever no image has more than 100). Where pycocotools reports −1
 ("no objects of that kind", e.g. APs when no worm is small) the summary holds ``None``.
 
 PatchPerPix S (Hirsch et al., ECCV 2020, the BBBC010 benchmark's other anchor): per image,
@@ -140,9 +142,17 @@ def _coco_dataset(
     return coco
 
 
-def _ap_from_precision(precision: np.ndarray) -> float | None:
-    """COCO's AP formula (summarize(): mean of defined precisions), area 'all', maxDets 100."""
-    values = precision[:, :, 0, 0, -1]
+def _ap_from_precision(
+    precision: np.ndarray, iou: int | None = None, area: int = 0
+) -> float | None:
+    """COCO's AP formula (summarize(): the mean of the defined precisions) at the largest cap.
+
+    ``precision`` is ``accumulate()``'s [IoU, recall, category, area range, cap] array; ``iou``
+    picks one IoU threshold (None: all ten), ``area`` the range (0 all, 1 small, 2 medium, 3 large).
+    Computed here rather than by ``summarize()``, whose AP (unlike its AP50...) reads the cap 100
+    whatever ``params.maxDets`` says.
+    """
+    values = precision[:, :, :, area, -1] if iou is None else precision[iou, :, :, area, -1]
     values = values[values > -1]
     return float(values.mean()) if values.size else None
 
@@ -175,12 +185,16 @@ def _coco_ap(pred_stacks, pred_scores, true_stacks, shapes, per_image: bool):
     dt = _coco_dataset(pred_stacks, shapes, pred_scores)
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, dt, iouType="segm")
+        # COCO caps detections per image at 100; never fewer here than an image's predictions
+        most = max((len(scores) for scores in pred_scores), default=0)
+        ev.params.maxDets = [1, 10, max(100, most)]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-        summary = {
-            k: (None if v < 0 else float(v)) for k, v in zip(_AP_KEYS, ev.stats[:6], strict=True)
-        }
+        precision = ev.eval["precision"]
+        iou = [float(t) for t in np.round(ev.params.iouThrs, 2)]
+        where = {"AP": (None, 0), "AP50": (iou.index(0.5), 0), "AP75": (iou.index(0.75), 0)}
+        where.update({"APs": (None, 1), "APm": (None, 2), "APl": (None, 3)})
+        summary = {k: _ap_from_precision(precision, *where[k]) for k in _AP_KEYS}
         image_ap: list[float | None] = []
         if per_image:
             image_ap = [_single_image_ap(ev, i) for i in range(len(shapes))]
