@@ -221,3 +221,38 @@ def test_read_run_json_rejects_non_objects(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_run_json(bad)
+
+
+def test_a_stack_export_that_fails_part_way_leaves_no_file_and_can_be_retried(
+    tmp_path, monkeypatch
+):
+    import errno
+    from types import SimpleNamespace
+
+    import napari_semiconv.core.export as export_module
+    from napari_semiconv.plugin._export import export_result
+
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 5:10, 5:30] = True
+    masks[1, 20:25, 5:30] = True
+    plane = SimpleNamespace(masks=masks, scores=np.array([0.9, 0.8]))
+    result = SimpleNamespace(planes=[((0,), plane), ((1,), plane)], leading=(2,), run_info={})
+    real = export_module.atomic_write_bytes
+    calls = {"n": 0}
+
+    def full_disk_in_plane_1(path, data, overwrite=False):
+        calls["n"] += 1
+        if calls["n"] == 6:  # plane 1's second file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data, overwrite=overwrite)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "atomic_write_bytes", full_disk_in_plane_1)
+        with pytest.raises(OSError, match="No space left"):
+            export_result(result, tmp_path / "plate")
+    assert calls["n"] == 6 and list(tmp_path.iterdir()) == []  # plane 0's four files removed
+    paths = export_result(result, tmp_path / "plate")  # the retry is not refused
+    assert sorted(paths) == sorted(
+        f"plane{i}/{key}" for i in (0, 1) for key in ("labels", "instances", "measurements", "run")
+    )
+    assert len(list(tmp_path.iterdir())) == 8

@@ -21,8 +21,10 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
 
     A 2-D image gives ``<stem>_labels.tif`` etc.; a stack one set per plane (:func:`plane_stem`).
     Every target is checked first: if any exists, FileExistsError names them and nothing is
-    written. Returns {key: path}; keys are labels/instances/measurements/run, prefixed with
-    ``plane<i>/`` for stacks.
+    written. If writing fails part-way (disk full), the files of the planes already written are
+    removed too, so a failed export leaves nothing and the same export can be retried.
+    Returns {key: path}; keys are labels/instances/measurements/run, prefixed with ``plane<i>/``
+    for stacks.
     """
     from ..core.export import output_paths, write_run_outputs
 
@@ -43,11 +45,17 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
             "choose another folder or name"
         )
     written: dict[str, Path] = {}
-    for name, index, instances in jobs:
-        info: dict[str, Any] = dict(result.run_info)
-        if result.leading:
-            info["plane"] = list(index)
-        paths = write_run_outputs(out_dir, name, instances, info)
-        prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
-        written.update({f"{prefix}{key}": path for key, path in paths.items()})
+    try:
+        for name, index, instances in jobs:
+            info: dict[str, Any] = dict(result.run_info)
+            if result.leading:
+                info["plane"] = list(index)
+            paths = write_run_outputs(out_dir, name, instances, info)
+            prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
+            written.update({f"{prefix}{key}": path for key, path in paths.items()})
+    except BaseException:
+        # every target was checked absent above, so these files are this export's own
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        raise
     return written
