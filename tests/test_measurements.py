@@ -32,6 +32,7 @@ def test_straight_rectangle_worm():
     assert row["length"] == pytest.approx(80, abs=3)
     assert row["width"] == pytest.approx(7, abs=0.5)
     assert row["straightness"] == pytest.approx(1.0, abs=0.02)
+    assert row["pieces"] == 1
     assert (row["centroid_y"], row["centroid_x"]) == (33.0, 54.5)
     assert (row["bbox_y0"], row["bbox_x0"], row["bbox_y1"], row["bbox_x1"]) == (30, 15, 37, 95)
 
@@ -104,13 +105,25 @@ def test_ring_worm_length_runs_around_the_loop():
     assert row["straightness"] < 0.1
 
 
+def test_a_fragmented_mask_is_measured_on_its_main_piece_and_counted():
+    # Two collinear 50 x 6 pieces: the width was area (both) / length (one), 12 instead of 6.
+    m = blank()
+    m[30:36, 5:55] = True
+    m[30:36, 60:110] = True
+    m[60:62, 5:7] = True  # and a speck
+    (row,) = measure_instances(stack(m))
+    assert row["area"] == 2 * 300 + 4 and row["pieces"] == 3
+    assert row["length"] == pytest.approx(50, abs=2)
+    assert row["width"] == pytest.approx(6, abs=0.3)
+
+
 def test_empty_mask_is_flagged_not_crashing():
     full = blank()
     full[5:10, 5:30] = True
     with pytest.warns(UserWarning, match="labels \\[2\\]"):
         rows = measure_instances(stack(full, blank()), np.array([1.0, 0.5]))
     assert rows[0]["area"] == 125
-    assert rows[1]["area"] == 0 and np.isnan(rows[1]["straightness"])
+    assert rows[1]["area"] == 0 and np.isnan(rows[1]["straightness"]) and rows[1]["pieces"] == 0
 
 
 def test_labels_round_trip_and_overlap_by_score():

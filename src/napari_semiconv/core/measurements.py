@@ -18,7 +18,11 @@ Measurements (one dict per instance, keys in :data:`MEASUREMENT_COLUMNS` order):
   w-wide, L-long bar thus measures close to L. A loop in the skeleton (a worm touching itself) is
   cut at one edge, so the path runs around the loop, and no tip correction is added at the cut.
   Disconnected fragments: only the skeleton component holding the longest path counts.
-- ``width``: mean width = ``area / length`` (a worm is modelled as a band of that length).
+- ``width``: mean width = area / length (a worm is modelled as a band of that length), where the
+  area is that of the mask's piece (8-connected) holding the measured centre line: a speck or a
+  second piece beside the worm would otherwise widen it (two 50 x 6 pieces: width 12, not 6).
+- ``pieces``: the number of 8-connected pieces of the mask: 1 for a whole worm; more means a
+  fragmented mask, whose length and width are those of its main piece (``area`` counts all).
 - ``straightness``: straight-line distance between the two path ends / length of the smoothed
   centre line, both on the skeleton itself (no tip correction), so about 1.0 for a straight worm
   at any angle (0.97 or more for bars of width 3-10) and clearly
@@ -62,6 +66,7 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "length",
     "width",
     "straightness",
+    "pieces",
     "centroid_y",
     "centroid_x",
     "bbox_y0",
@@ -264,7 +269,7 @@ def measure_mask(mask: np.ndarray) -> dict[str, float]:
     sl = _bbox_slices(mask)
     if sl is None:
         nan = float("nan")
-        return dict(area=0, length=0.0, width=0.0, straightness=nan, centroid_y=nan,
+        return dict(area=0, length=0.0, width=0.0, straightness=nan, pieces=0, centroid_y=nan,
                     centroid_x=nan, bbox_y0=0, bbox_x0=0, bbox_y1=0, bbox_x1=0)  # fmt: skip
     y0, x0 = sl[0].start, sl[1].start
     # One pixel of background padding so the skeleton and distance transform see the border.
@@ -291,12 +296,16 @@ def measure_mask(mask: np.ndarray) -> dict[str, float]:
             edt = np.sqrt(np.min(np.sum((background - p) ** 2, axis=1)))
             length += float(edt) - 0.5
     chord = float(np.hypot(*(pa - pb).astype(np.float64)))
+    # the width is the measured piece's: the skeleton of an 8-connected piece stays inside it
+    pieces, n_pieces = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
+    piece_area = int(np.count_nonzero(pieces == pieces[tuple(pa)]))
     straightness = chord / path_len if path_len > 0 else 1.0
     return dict(
         area=area,
         length=float(length),
-        width=float(area / length) if length > 0 else 0.0,
+        width=float(piece_area / length) if length > 0 else 0.0,
         straightness=float(min(straightness, 1.0)),
+        pieces=int(n_pieces),
         centroid_y=float(ys.mean() - 1 + y0),
         centroid_x=float(xs.mean() - 1 + x0),
         bbox_y0=int(y0),

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 #: columns of the per-worm table shown on hover in napari (besides ``index`` and plane columns)
-FEATURE_COLUMNS = ("score", "area", "length", "width", "straightness")
+FEATURE_COLUMNS = ("score", "area", "length", "width", "straightness", "pieces")
 
 
 class InstancesLike(Protocol):
