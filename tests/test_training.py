@@ -271,3 +271,17 @@ def test_batches_cover_each_epoch_and_kfold_keeps_wells_together():
     assert sorted(held_all) == sorted(names)
     with pytest.raises(ValueError, match="folds"):
         kfold_split(fake, 6, 0)
+
+
+def test_warm_up_never_takes_more_than_a_tenth_of_the_run():
+    # 50 steps with the default 100 warm-up steps ended at half the rate, never decayed.
+    short = TrainConfig(iterations=50, warmup_iters=100, lr_steps=(0.67, 0.89))
+    assert lr_factor(short, 2) < 0.5
+    assert lr_factor(short, 5) == 1.0 and lr_factor(short, 40) == pytest.approx(0.1)
+    assert lr_factor(short, 49) == pytest.approx(0.01)
+    # a time budget spent in 40 of 1000 steps: its last steps decay too
+    budget = TrainConfig(iterations=1000, warmup_iters=100, lr_steps=(0.67, 0.89))
+    assert lr_factor(budget, 10, fraction=0.2) == 1.0
+    assert lr_factor(budget, 39, fraction=0.95) == pytest.approx(0.01)
+    cosine = TrainConfig(iterations=50, warmup_iters=100, schedule="cosine")
+    assert lr_factor(cosine, 5) == pytest.approx(1.0) and lr_factor(cosine, 50) == pytest.approx(0)

@@ -42,7 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, help="images per step and process (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     p.add_argument("--schedule", choices=["step", "cosine"], help="lr decay (default step)")
-    p.add_argument("--warmup", type=int, help="warm-up iterations (default 100)")
+    p.add_argument(
+        "--warmup", type=int, help="warm-up iterations (default 100; at most a tenth of the run)"
+    )
     p.add_argument("--crop", type=int, help="training crop in pixels; 0 = none (default 256)")
     p.add_argument("--no-augment", action="store_true", help="no flips/transposes")
     p.add_argument("--heads-only", action="store_true", help="freeze the backbone and FPN")

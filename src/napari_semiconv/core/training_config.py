@@ -131,19 +131,25 @@ def best_path(out: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.stem}.best{out.suffix or '.pt'}")
 
 
+#: warm-up never takes more than this share of a run: a short run, or a time budget spent in fewer
+#: steps than ``warmup_iters``, would otherwise train at a tiny rate and never decay
+WARMUP_SHARE = 0.1
+
+
 def lr_factor(config: TrainConfig, step: int, fraction: float | None = None) -> float:
     """Multiplier of ``config.lr`` at ``step`` (0-based): warm-up, then step or cosine decay.
 
     ``fraction`` (0..1) is how far the run is; by default ``step / iterations``. A run with a
     time budget passes the larger of that and the fraction of its budget spent, so the decay
-    still happens when time, not the step count, ends the run.
+    still happens when time, not the step count, ends the run. The warm-up ends after
+    ``warmup_iters`` steps or :data:`WARMUP_SHARE` of the run, whichever comes first.
     """
-    if step < config.warmup_iters:
-        alpha = step / max(1, config.warmup_iters)
-        return config.warmup_factor * (1 - alpha) + alpha
     if fraction is None:
         fraction = step / max(1, config.iterations)
+    alpha = max(step / max(1, config.warmup_iters), fraction / WARMUP_SHARE)
+    if alpha < 1:
+        return config.warmup_factor * (1 - alpha) + alpha
     if config.schedule == "cosine":
-        start = config.warmup_iters / max(1, config.iterations)
+        start = min(config.warmup_iters / max(1, config.iterations), WARMUP_SHARE)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, fraction - start) / (1 - start))))
     return 0.1 ** sum(fraction >= f for f in config.lr_steps)
