@@ -19,6 +19,7 @@ import napari_semiconv
 from napari_semiconv.cli.main import main
 from napari_semiconv.core import model_store
 from napari_semiconv.core.checkpoint import CheckpointError, sha256_file
+from napari_semiconv.core.training import TrainConfig, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
@@ -128,6 +129,19 @@ def test_bundled_model_with_wrong_sha256_is_refused(kit, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 2 and "sha256 mismatch" in err and copy.name in err
     assert not out.exists() or list(out.iterdir()) == []
+    # training from it, or putting a foreground network in front of it, is refused the same way
+    model_out = tmp_path / "ft.pt"
+    for command in (
+        ["train", "--synthetic", "1.0", "--base", "worms-test", "--iterations", "1"],
+        ["train-foreground", "--data", str(tmp_path), "--detector", "worms-test"],
+    ):
+        code = main([*command, "--out", str(model_out), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and "sha256 mismatch" in err and copy.name in err, (command, err)
+        assert not model_out.exists()
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        config = TrainConfig(base="worms-test", synthetic_fraction=1.0, iterations=1, crop=64)
+        next(iter(train(config)))
 
     # the same file with its true sha256 in the registry loads: the refusal was the hash alone
     registry = {"worms-test": {"file": copy.name, "sha256": sha256_file(copy)}}

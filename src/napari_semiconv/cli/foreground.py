@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from napari_semiconv.core.atomic import check_writable_target
-    from napari_semiconv.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_semiconv.core.checkpoint import save_checkpoint
     from napari_semiconv.core.devices import bf16_autocast_pays, resolve_device
     from napari_semiconv.core.foreground_training import (
         attach_foreground,
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ForegroundConfig,
         build_foreground_net,
     )
-    from napari_semiconv.core.model_store import resolve_model_path
+    from napari_semiconv.core.model_store import read_checkpoint
     from napari_semiconv.core.training_data import read_samples
 
     out = Path(args.out).expanduser()
@@ -85,14 +85,10 @@ def run(args: argparse.Namespace) -> int:
     check_writable_target(out)  # a missing folder is refused now, not after the training
     if args.input not in (None, "brightfield"):
         raise ValueError("the foreground U-Net learns from bright-field images: drop --input")
-    detector = load_checkpoint(resolve_model_path(args.detector)[0])
+    detector = read_checkpoint(args.detector)
     check_detector(detector)
     # a cascade to start from is read (and refused if it is none) before any training
-    source = (
-        load_checkpoint(resolve_model_path(args.foreground_from)[0])
-        if args.foreground_from
-        else None
-    )
+    source = read_checkpoint(args.foreground_from) if args.foreground_from else None
     start = foreground_of(source) if source is not None else None
     # the cut belongs to the U-Net's weights: one trained further keeps its cascade's
     threshold = args.foreground_threshold

@@ -99,13 +99,12 @@ SWITCHES = {
 
 
 def _model_config(args: argparse.Namespace):
-    from napari_semiconv.core.checkpoint import load_checkpoint
     from napari_semiconv.core.model.config import ModelConfig
-    from napari_semiconv.core.model_store import resolve_model_path
+    from napari_semiconv.core.model_store import read_checkpoint
 
     if args.base:
         # the architecture is the base model's; only semiconv may change (two-stage schedule)
-        base = load_checkpoint(resolve_model_path(args.base)[0]).config
+        base = read_checkpoint(args.base).config
         if args.backbone and args.backbone != base.backbone:
             raise ValueError(f"--backbone {args.backbone} differs from the base's {base.backbone}")
         if args.model_option:

@@ -293,14 +293,13 @@ def build_train_config(spec: FineTuneSpec) -> Any:
     Raises:
         ValueError / TypeError: as :func:`check_spec`, or a base model that cannot be read.
     """
-    from napari_semiconv.core.checkpoint import load_checkpoint
-    from napari_semiconv.core.model_store import resolve_model_path
+    from napari_semiconv.core.model_store import read_checkpoint
     from napari_semiconv.core.training import TrainConfig
 
     check_spec(spec)
     out = output_path(spec)
     source = str(out) if spec.resume else spec.base
-    model = load_checkpoint(resolve_model_path(source)[0]).config
+    model = read_checkpoint(source).config
     mode = model.input_mode
     samples, saved, records = [], [], []
     for i, pair in enumerate(spec.pairs):

@@ -115,9 +115,9 @@ def _prepare_model(
     torch.manual_seed(config.seed)
     model = build_model(config.model)
     if config.base:
-        from napari_semiconv.core.model_store import resolve_model_path
+        from napari_semiconv.core.model_store import read_checkpoint
 
-        base = load_checkpoint(resolve_model_path(config.base)[0])
+        base = read_checkpoint(config.base)
         for key in ("backbone", "input_mode", "norm"):
             if getattr(base.config, key) != getattr(config.model, key):
                 raise ValueError(
