@@ -371,3 +371,14 @@ def test_demo_refuses_an_out_that_is_a_file_before_the_work(tmp_path, monkeypatc
     out.write_text("not a folder")
     assert main(["demo", "--out", str(out)]) == 2
     assert f"--out {out} is a file" in capsys.readouterr().err
+
+
+def test_out_naming_a_folder_is_named_as_such_with_or_without_resume(tmp_path, capsys):
+    # was: "exists; add --resume", then with --resume "cannot resume: ... does not exist"
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for extra in ([], ["--resume"]):
+        code = _quiet(["train", "--synthetic", "1.0", "--out", str(folder), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "is a folder" in err and "worms.pt" in err, err
+    assert list(folder.iterdir()) == []

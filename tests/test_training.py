@@ -285,3 +285,16 @@ def test_warm_up_never_takes_more_than_a_tenth_of_the_run():
     assert lr_factor(budget, 39, fraction=0.95) == pytest.approx(0.01)
     cosine = TrainConfig(iterations=50, warmup_iters=100, schedule="cosine")
     assert lr_factor(cosine, 5) == pytest.approx(1.0) and lr_factor(cosine, 50) == pytest.approx(0)
+
+
+def test_a_resumed_run_never_goes_back_up_to_a_higher_learning_rate(samples, tmp_path):
+    # A time budget decayed the schedule ahead of the steps (spent at step 1 of 3); resuming
+    # restarted it from step / iterations: lr 1e-4 at the stop, 1e-2 on resuming.
+    config = _config(samples, tmp_path, checkpoint_every=1, time_budget_s=1e-3)
+    stopped = [e for e in train(config) if e.phase == "train" and e.losses]
+    assert [e.iteration for e in stopped] == [1] and stopped[0].lr == pytest.approx(1e-4)
+    assert load_checkpoint(config.out).train_state["fraction"] == 1.0
+    resumed = list(train(dataclasses.replace(config, resume=True, time_budget_s=None)))
+    steps = [e for e in resumed if e.phase == "train" and e.losses]
+    assert [e.iteration for e in steps] == [2, 3]
+    assert all(e.lr == pytest.approx(1e-4) for e in steps)

@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--time-budget",
         type=float,
-        help="stop after this many seconds of training (the schedule decays over the budget)",
+        help="stop after this many seconds of training (the schedule decays over the budget); "
+        "with --resume, seconds more: the schedule goes on from where it stopped",
     )
     p.add_argument("--batch-size", type=int, help="images per step and process (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
@@ -215,6 +216,11 @@ def _checkpoint_to_resume(args: argparse.Namespace):
 
 def _settings(args: argparse.Namespace) -> tuple:
     """(model config, recipe) of the run: resuming, those the checkpoint records."""
+    from pathlib import Path
+
+    if Path(args.out).expanduser().is_dir():
+        example = f"{args.out}/worms.pt"
+        raise ValueError(f"--out {args.out} is a folder; give a file name, e.g. {example}")
     if not args.resume:
         _refuse_existing(args)
         return _model_config(args), _recipe(args, None, args.out)

@@ -9,7 +9,9 @@ loaded and the embedding head and σ (eq. 10) start fresh.
 Determinism and resuming: the batch of step s (which samples, their augmentation, the synthetic
 worms mixed in, torch's RoI sampling) is drawn from generators seeded by (seed, s, rank) only, so
 a run resumed from a checkpoint at step s continues exactly as the uninterrupted run would; the
-checkpoint's ``train_state`` holds the optimizer state, the step and the best validation AP.
+checkpoint's ``train_state`` holds the optimizer state, the step, the best validation AP and how
+far the schedule had got (``fraction``). A time budget given to a resumed run is a budget for the
+continuation: the learning rate goes on from where the schedule stopped, never back up.
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) the same call joins the process group (gloo on
 CPU, nccl on CUDA), wraps the model in DistributedDataParallel, gives each rank a disjoint share
@@ -243,11 +245,14 @@ def _run(
     optim = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    start, best = 0, -math.inf
+    start, best, floor = 0, -math.inf, 0.0
     if state is not None:
         optim.load_state_dict(state["optimizer"])
         start = int(state["step"])
         best = -math.inf if state.get("best_ap") is None else float(state["best_ap"])
+        # where the schedule had got to: a time budget may have decayed it ahead of the steps,
+        # and a resumed run goes on from there, never back up to a higher rate
+        floor = float(state.get("fraction", 0.0))
     total = config.iterations
     out = Path(config.out) if config.out else None
     if out is not None and group.main:
@@ -264,7 +269,7 @@ def _run(
             torch.manual_seed(step_seed(config.seed, step, group.rank, 1))
             images = [im.to(group.device, non_blocking=True) for im in images]
             targets = [{k: v.to(group.device) for k, v in t.items()} for t in targets]
-            fraction = step / max(1, config.iterations)
+            fraction = max(step / max(1, config.iterations), floor)
             if budget:
                 fraction = max(fraction, (time.perf_counter() - started) / budget)
             for param_group in optim.param_groups:
@@ -307,6 +312,7 @@ def _run(
                         "optimizer": optim.state_dict(),
                         "best_ap": best if math.isfinite(best) else None,
                         "seed": config.seed,
+                        "fraction": min(1.0, fraction),
                     }
                     card = _card(config, done, last_metrics, group.world)
                     path = save_checkpoint(out, model, card, train_state)

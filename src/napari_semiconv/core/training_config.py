@@ -92,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"crop must be at least 32 pixels (or None), got {self.crop}")
         if self.layout not in ("bbbc010", "folders"):
             raise ValueError(f"layout must be 'bbbc010' or 'folders', got {self.layout!r}")
+        if self.out and Path(self.out).is_dir():
+            raise ValueError(f"out {self.out} is a folder; give a file name, e.g. worms.pt in it")
         if self.resume and not self.out:
             raise ValueError("resume=True needs out= (the checkpoint to continue)")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
