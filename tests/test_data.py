@@ -1,5 +1,6 @@
 """core.data: the Sample record, the readers (BBBC010, folders, arrays), augmentation, dataset."""
 
+import re
 import warnings
 
 import numpy as np
@@ -360,3 +361,100 @@ def test_no_warnings_from_clean_folder_reads(tmp_path):
         warnings.simplefilter("error")
         (s,) = read_folders(tmp_path, "brightfield")
     assert s.masks.shape == (3, 48, 64)
+
+
+# --- damaged and odd training files -------------------------------------------------------------
+
+
+def _bbbc_tmp(root, worm_masks):
+    """A tiny BBBC010-layout folder: well A01 with ``worm_masks`` (N, H, W) and a w2 image."""
+    import imageio.v3 as iio
+
+    (root / "images").mkdir(parents=True)
+    (root / "eachworm").mkdir()
+    for k, mask in enumerate(worm_masks, start=1):
+        iio.imwrite(
+            root / "eachworm" / f"A01_{k:02d}_ground_truth.png", mask.astype(np.uint8) * 255
+        )
+    w2 = np.full(worm_masks.shape[1:], 3000, np.uint16)
+    w2[worm_masks.any(axis=0)] = 500
+    w2[0, 0] = 4000
+    tifffile.imwrite(root / "images" / "plate_A01_w2_0000-aaaa.tif", w2)
+    return root
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize(
+    "damaged, keep",
+    [
+        ("images/a.png", 200),  # PIL: "image file is truncated"
+        ("images/a.png", 30),  # PIL: "broken PNG file" (a SyntaxError)
+        ("labels/a.tif", 24),  # tifffile: "corrupted IFD structure"
+        ("labels/a.tif", 8),  # tifffile: a header only, read as a 0-size array (no error)
+        ("labels/a.tif", 0),  # tifffile: "not a TIFF file"
+    ],
+)
+def test_read_folders_names_a_damaged_file(tmp_path, damaged, keep):
+    import imageio.v3 as iio
+
+    toy = _toy()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, toy.image.shape, dtype=np.uint8)
+    iio.imwrite(tmp_path / "images" / "a.png", noise)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", toy.masks.astype(np.uint8))
+    _truncate(tmp_path / damaged, keep)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / damaged}: cannot read")):
+        read_folders(tmp_path, "brightfield")
+
+
+def test_read_bbbc010_names_a_damaged_file(tmp_path):
+    toy = _toy()
+    root = _bbbc_tmp(tmp_path, toy.masks)
+    (w2,) = (root / "images").iterdir()
+    _truncate(w2, 200)
+    with pytest.raises(ValueError, match=re.escape(f"{w2}: cannot read")):
+        read_bbbc010(root, "brightfield")
+    worm = root / "eachworm" / "A01_02_ground_truth.png"
+    _truncate(worm, worm.stat().st_size // 2)
+    with pytest.raises(ValueError, match=re.escape(f"{worm}: cannot read")):
+        read_bbbc010(root, "binary")
+
+
+def test_read_bbbc010_keeps_a_well_whose_masks_are_all_empty(tmp_path):
+    root = _bbbc_tmp(tmp_path, np.zeros((2, 48, 64), bool))
+    for mode in ("binary", "brightfield"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (s,) = read_bbbc010(root, mode)
+        assert any("A01: every worm mask is empty" in str(w.message) for w in caught)
+        assert s.name == "A01" and s.masks.shape == (0, 48, 64) and s.image.shape == (48, 64)
+    image, target = to_target(s)  # what the trainer builds from it: an image without worms
+    assert image.shape == (1, 48, 64) and target["boxes"].shape == (0, 4)
+
+
+def test_read_folders_refuses_a_foreground_mask_of_several_worms(tmp_path):
+    import imageio.v3 as iio
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    foreground = np.zeros((200, 200), np.uint8)
+    for i in range(8):
+        foreground[10 + 24 * i : 18 + 24 * i, 20:150] = 255  # 8 separate worms, one value
+    tifffile.imwrite(tmp_path / "images" / "plate.tif", np.where(foreground, 500, 3000))
+    iio.imwrite(tmp_path / "labels" / "plate.png", foreground)
+    with pytest.raises(ValueError, match=r"plate.tif / plate.png: label 255 .* 8 separate pieces"):
+        read_folders(tmp_path, "brightfield")
+    # the same foreground as one slice of an instance stack is refused too, naming the slice
+    (tmp_path / "labels" / "plate.png").unlink()
+    tifffile.imwrite(tmp_path / "labels" / "plate_instances.tif", foreground[None] // 255)
+    with pytest.raises(ValueError, match="plate_instances.tif slice 0' is in 8 separate"):
+        read_folders(tmp_path, "brightfield")
+    # one label per worm is fine
+    labels = (foreground > 0) * (np.arange(200)[:, None] // 24 + 1)
+    tifffile.imwrite(tmp_path / "labels" / "plate_instances.tif", labels.astype(np.uint16))
+    (s,) = read_folders(tmp_path, "brightfield")
+    assert s.n_worms == 8

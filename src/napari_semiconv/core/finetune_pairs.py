@@ -14,6 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_semiconv.core.data.arrays import (
+    PIECE_MIN_AREA,
+    SCATTERED_PIECES,
+    check_one_label_per_worm,
+)
+
 __all__ = [
     "GIANT_FRACTION",
     "MIN_SIDE",
@@ -30,11 +36,6 @@ __all__ = [
 GIANT_FRACTION = 0.5
 #: smallest image (or rectangle) side accepted for training, in pixels (the trainer's crop floor)
 MIN_SIDE = 32
-# A label in this many separate pieces (of at least PIECE_MIN_AREA px) is several worms: among
-# the 710 worms of the 50 BBBC010 training wells, flattened to one label image (crossing worms
-# cut each other), none has more than 3; one label painted over a well's worms has 7-12.
-SCATTERED_PIECES = 5
-PIECE_MIN_AREA = 20
 
 Roi = tuple[int, int, int, int]  # (row0, col0, row1, col1), ends exclusive
 
@@ -139,7 +140,7 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
         raise ValueError(f"{where}: the image is {shape}, under {MIN_SIDE} px on a side")
     if labels.size and int(labels.min()) < 0:
         raise ValueError(f"{where}: labels {pair.labels_name!r} hold negative ids")
-    _check_one_label_per_worm(labels, where, pair.labels_name)
+    check_one_label_per_worm(labels, where, pair.labels_name)
     for roi in pair.rois:
         try:
             check_roi(roi, shape)
@@ -167,27 +168,3 @@ def check_pair(pair: AnnotatedPair) -> list[tuple[np.ndarray, np.ndarray, Roi | 
             )
         crops.append((image[win], crop_labels, roi))
     return crops
-
-
-def _check_one_label_per_worm(labels: np.ndarray, where: str, name: str) -> None:
-    """Refuse a label in ``SCATTERED_PIECES`` or more separate pieces of ``PIECE_MIN_AREA`` px:
-    several worms painted with one label (a foreground mask of a sparse plate, which the
-    ``GIANT_FRACTION`` rule misses: all 15 worms of a BBBC010 well cover 4 %)."""
-    from scipy import ndimage
-
-    ids, compact = np.unique(labels, return_inverse=True)  # any ids -> 0..K (0 = background)
-    compact = compact.reshape(labels.shape)
-    if ids.size and ids[0] != 0:  # no background pixel: shift so that every id is counted
-        ids, compact = np.concatenate([[0], ids]), compact + 1
-    for k, box in enumerate(ndimage.find_objects(compact), start=1):
-        if box is None:
-            continue
-        pieces, n = ndimage.label(compact[box] == k)
-        big = int((np.bincount(pieces.ravel())[1:] >= PIECE_MIN_AREA).sum()) if n else 0
-        if big >= SCATTERED_PIECES:
-            raise ValueError(
-                f"{where}: label {int(ids[k])} of {name!r} is in {big} separate pieces: several "
-                "worms painted with one label (a foreground mask?), not one label per worm. Give "
-                "every worm its own label (e.g. start from the Segment widget's result with "
-                "'Correct this result')"
-            )

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_semiconv.core.data.folders import read_image
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.preprocess import check_input_mode, normalise
 
@@ -45,16 +46,6 @@ FOREGROUND_ROW_SHIFT = -1
 _IMAGE = re.compile(r"_([A-P]\d{2})_(w[12])_")
 _WORM = re.compile(r"^([A-P]\d{2})_(\d+)_ground_truth\.png$", re.IGNORECASE)
 _WELL_ID = re.compile(r"^[A-P]\d{2}$")
-
-
-def _imread(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    import imageio.v3 as iio
-
-    return iio.imread(path)
 
 
 def _resolve_root(root: str | Path) -> Path:
@@ -99,7 +90,7 @@ def read_w2(root: str | Path, well: str) -> np.ndarray:
     path = _w2_files(_resolve_root(root)).get(str(well).upper())
     if path is None:
         raise FileNotFoundError(f"no *_{well}_w2_*.tif in {Path(root) / 'images'}")
-    return np.asarray(_imread(path))
+    return read_image(path)
 
 
 def read_foreground(root: str | Path, well: str) -> np.ndarray:
@@ -110,7 +101,7 @@ def read_foreground(root: str | Path, well: str) -> np.ndarray:
     path = _resolve_root(root) / "foreground" / f"{str(well).upper()}_binary.png"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    raw = np.asarray(_imread(path))
+    raw = read_image(path)
     fg = (raw[..., 0] if raw.ndim == 3 else raw) > 0
     out = np.zeros_like(fg)
     out[:FOREGROUND_ROW_SHIFT] = fg[-FOREGROUND_ROW_SHIFT:]
@@ -118,17 +109,25 @@ def read_foreground(root: str | Path, well: str) -> np.ndarray:
 
 
 def _read_masks(paths: list[Path], well: str) -> np.ndarray:
-    masks = []
+    """The worm masks (N, H, W) bool of a well; empty ones dropped, so N may be 0."""
+    masks, shapes = [], set()
     for path in paths:
-        raw = np.asarray(_imread(path))
+        raw = read_image(path)
         mask = (raw[..., 0] if raw.ndim == 3 else raw) > 0
+        shapes.add(mask.shape)  # empty masks too: they alone give a worm-free well its size
         if not mask.any():
             warnings.warn(f"BBBC010 {well}: {path.name} is empty; skipped", stacklevel=3)
             continue
         masks.append(mask)
-    shapes = {m.shape for m in masks}
     if len(shapes) > 1:
         raise ValueError(f"BBBC010 {well}: worm masks differ in size: {sorted(shapes)}")
+    if not masks:
+        # kept as a worm-free sample (all background), which the trainer takes as a negative
+        warnings.warn(
+            f"BBBC010 {well}: every worm mask is empty; kept as an image without worms",
+            stacklevel=3,
+        )
+        return np.zeros((0, *shapes.pop()), bool)
     return np.stack(masks)
 
 
@@ -145,12 +144,14 @@ def read_bbbc010(
     Returns:
         one ``Sample`` per well, named by the well id, in the order of ``wells`` (sorted when
         None). Bright-field input: a well whose ``w2`` image is missing is skipped with a
-        warning. Binary input is built from the worm masks alone and needs no image.
+        warning. Binary input is built from the worm masks alone and needs no image. A well
+        whose worm masks are all empty is kept, with a warning, as an image without worms
+        (masks of shape (0, H, W)), which trains as background.
 
     Raises:
         FileNotFoundError: ``root`` lacks eachworm/, or images/ for bright-field input.
         ValueError: a bad input mode, a malformed well id, a requested well without worm masks,
-            or masks whose size differs from the image's.
+            masks whose size differs from the image's, or a damaged file (named).
     """
     mode = check_input_mode(input_mode)
     path = _resolve_root(root)
@@ -182,7 +183,7 @@ def read_bbbc010(
         if mode == "binary":  # the paper's protocol: the foreground is the masks' union
             image = masks.any(axis=0).astype(np.float32)
         else:
-            raw = np.asarray(_imread(images[well]))
+            raw = read_image(images[well])
             if raw.shape != masks.shape[1:]:
                 raise ValueError(
                     f"BBBC010 {well}: image {raw.shape} and worm masks {masks.shape[1:]} differ"

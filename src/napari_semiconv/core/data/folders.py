@@ -14,16 +14,22 @@ image.
 from __future__ import annotations
 
 import json
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from napari_semiconv.core.data.arrays import labels_to_masks, sample_from_arrays
+from napari_semiconv.core.data.arrays import (
+    check_one_label_per_worm,
+    labels_to_masks,
+    sample_from_arrays,
+)
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.preprocess import check_input_mode
 
-__all__ = ["IMAGE_SUFFIXES", "normalised_tag", "read_folders"]
+__all__ = ["IMAGE_SUFFIXES", "normalised_tag", "read_folders", "read_image"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 # preferred first: an instance stack keeps overlaps, a label image does not
@@ -54,18 +60,58 @@ def _normalised_for(path: Path) -> str | None:
     return tag.get(_NORMALISED_KEY) if isinstance(tag, dict) else None
 
 
-def _imread(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+# What the decoders raise on a damaged file: PIL gives OSError ("image file is truncated") or
+# SyntaxError ("broken PNG file"), tifffile ValueError, zlib.error or struct.error, and codec
+# plugins RuntimeError subclasses; EOFError/IndexError come from files cut short in a header.
+_READ_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+)
 
-        return np.asarray(tifffile.imread(path))
-    import imageio.v3 as iio
 
-    return np.asarray(iio.imread(path))
+def read_image(path: str | Path) -> np.ndarray:
+    """The pixels of an image file (TIFF through tifffile, others through imageio).
+
+    Raises:
+        ValueError: ``"<path>: cannot read (...)"`` for a damaged, truncated or empty file,
+            so that training stops naming the file rather than a decoder's bare message.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            import imageio.v3 as iio
+
+            arr = np.asarray(iio.imread(path))
+    except _READ_ERRORS as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from exc
+    # a TIFF cut off after its header decodes to a 0-size array instead of failing
+    if arr.size == 0:
+        raise ValueError(f"{path}: cannot read (no pixels: the file is empty or truncated)")
+    return arr
 
 
-def _sample(image_path: Path, labels_path: Path, mode: str, stem: str) -> Sample:
-    image, labels = _imread(image_path), _imread(labels_path)
+def _check_labels(labels: np.ndarray, where: str, labels_path: Path) -> None:
+    """Refuse a label (or stack slice) that covers several separate worms: a 0/255 foreground
+    mask would otherwise train as one giant worm. Same rule as fine-tuning's ``check_pair``."""
+    if labels.ndim == 2:
+        check_one_label_per_worm(labels, where, labels_path.name)
+    elif labels.ndim == 3:
+        for k, plane in enumerate(labels):
+            check_one_label_per_worm(plane != 0, where, f"{labels_path.name} slice {k}")
+
+
+def _sample(image: np.ndarray, labels: np.ndarray, image_path: Path, mode: str) -> Sample:
+    stem = image_path.stem
     normalised = _normalised_for(image_path)
     if normalised is None:
         return sample_from_arrays(image, labels, mode, stem)
@@ -101,8 +147,9 @@ def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
 
     Raises:
         FileNotFoundError: ``root/images`` or ``root/labels`` missing.
-        ValueError: bad input mode, no image with labels, or an unreadable/mismatched pair
-            (the message names the file).
+        ValueError: bad input mode, no image with labels, an unreadable/mismatched pair, or a
+            label in several separate worm-sized pieces (a foreground mask, not one label per
+            worm; the rule of fine-tuning's ``check_pair``). The message names the file.
     """
     mode = check_input_mode(input_mode)
     root = Path(root).expanduser()
@@ -122,10 +169,15 @@ def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
                 f"{image_path.name}: no labels in {folders['labels']}; skipped", stacklevel=2
             )
             continue
+        # read outside the try: a read error names its file with the full path already
+        image, label_data = read_image(image_path), read_image(match)
         try:
-            samples.append(_sample(image_path, match, mode, stem))
+            sample = _sample(image, label_data, image_path, mode)
         except ValueError as err:
             raise ValueError(f"{image_path.name} / {match.name}: {err}") from err
+        # after _sample, whose checks give the clearer message for bad dtypes or shapes
+        _check_labels(label_data, f"{image_path.name} / {match.name}", match)
+        samples.append(sample)
     wanted = {stem + tag for stem in images for tag in _LABEL_TAGS}
     orphans = sorted(set(labels) - wanted)
     if orphans:
