@@ -11,10 +11,12 @@ import tifffile
 from napari_semiconv.core import atomic
 from napari_semiconv.core.atomic import atomic_write_bytes, atomic_writer
 from napari_semiconv.core.export import (
+    PixelSize,
     output_paths,
     read_instances_tif,
     read_measurements_csv,
     read_run_json,
+    read_tiff_pixel_size,
     write_label_image,
     write_run_outputs,
 )
@@ -236,7 +238,12 @@ def test_a_stack_export_that_fails_part_way_leaves_no_file_and_can_be_retried(
     masks[0, 5:10, 5:30] = True
     masks[1, 20:25, 5:30] = True
     plane = SimpleNamespace(masks=masks, scores=np.array([0.9, 0.8]))
-    result = SimpleNamespace(planes=[((0,), plane), ((1,), plane)], leading=(2,), run_info={})
+    result = SimpleNamespace(
+        planes=[((0,), plane), ((1,), plane)],
+        leading=(2,),
+        run_info={},
+        request=SimpleNamespace(scale=(1.0, 1.0, 1.0)),
+    )
     real = export_module.atomic_write_bytes
     calls = {"n": 0}
 
@@ -256,3 +263,121 @@ def test_a_stack_export_that_fails_part_way_leaves_no_file_and_can_be_retried(
         f"plane{i}/{key}" for i in (0, 1) for key in ("labels", "instances", "measurements", "run")
     )
     assert len(list(tmp_path.iterdir())) == 8
+
+
+# ------------------------------------------------------------------ pixel size (scale)
+def resolution_tags(path: Path) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """XResolution, YResolution (pixels per unit, as rationals) and ResolutionUnit of page 0."""
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        return tags["XResolution"].value, tags["YResolution"].value, tags["ResolutionUnit"].value
+
+
+def test_pixel_size_goes_into_both_tiffs_and_the_run_json(tmp_path):
+    masks, scores = crossing_worms()
+    paths = write_run_outputs(
+        tmp_path, "a", masks=masks, scores=scores, pixel_size=(0.65, 0.5), pixel_unit="µm"
+    )
+    for key in ("labels", "instances"):
+        # 1 / 0.5 = 2 pixels per unit along x, 1 / 0.65 = 20 / 13 along y; no absolute unit
+        assert resolution_tags(paths[key]) == ((2, 1), (20, 13), 1)
+        assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.5, None)
+    assert tifffile.imread(paths["instances"]).shape == (3, 40, 50)  # the stack is unchanged
+    record = read_run_json(paths["run"])
+    assert record["pixel_size"] == [0.65, 0.5] and record["pixel_unit"] == "µm"
+    # the measurements stay in pixels, same columns
+    assert read_measurements_csv(paths["measurements"])[0]["area"] == masks[0].sum()
+    # no pixel size given: nothing claimed (tifffile's default 1 / 1) and no key in the record
+    plain = write_run_outputs(tmp_path, "b", masks=masks, scores=scores)
+    assert read_tiff_pixel_size(plain["labels"]) is None
+    assert "pixel_size" not in read_run_json(plain["run"])
+    # a zero-worm stack keeps it too
+    empty = write_run_outputs(tmp_path, "c", masks=np.zeros((0, 8, 9), bool), pixel_size=(2, 3))
+    assert read_tiff_pixel_size(empty["instances"]) == PixelSize(2.0, 3.0)
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (-0.65, 0.65), (float("nan"), 1.0), (1.0,)])
+def test_a_bad_pixel_size_is_refused_before_anything_is_written(tmp_path, bad):
+    masks, scores = crossing_worms()
+    with pytest.raises(ValueError, match="pixel_size"):
+        write_run_outputs(tmp_path, "a", masks=masks, scores=scores, pixel_size=bad)
+    with pytest.raises(ValueError, match="pixel_size"):
+        write_label_image(tmp_path / "l.tif", np.ones((4, 4), np.uint8), pixel_size=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_label_image_stores_the_pixel_size(tmp_path):
+    stack = np.zeros((2, 6, 8), np.uint16)
+    stack[1, 2:4, 2:7] = 300
+    path = write_label_image(tmp_path / "l.tif", stack, pixel_size=(0.25, 0.125))
+    assert resolution_tags(path) == ((8, 1), (4, 1), 1)
+    np.testing.assert_array_equal(tifffile.imread(path), stack)
+
+
+def test_read_tiff_pixel_size_of_other_writers(tmp_path):
+    image = np.zeros((5, 6), np.uint16)
+    # ImageJ: pixels per micron with ResolutionUnit NONE, the unit named in its header
+    tifffile.imwrite(
+        tmp_path / "ij.tif", image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "micron"}
+    )
+    assert read_tiff_pixel_size(tmp_path / "ij.tif") == PixelSize(0.5, 0.5, "micron")
+    tifffile.imwrite(
+        tmp_path / "cm.tif", image, resolution=(1e4 / 0.65, 1e4 / 0.4), resolutionunit="CENTIMETER"
+    )
+    assert read_tiff_pixel_size(tmp_path / "cm.tif") == PixelSize(
+        0.4, 0.65, "µm"
+    )  # resolution is (x, y)
+    # an image editor's 72 dpi says nothing about the sample
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert read_tiff_pixel_size(tmp_path / "dpi.tif") is None
+    tifffile.imwrite(tmp_path / "none.tif", image)
+    assert read_tiff_pixel_size(tmp_path / "none.tif") is None
+
+
+def test_widget_export_keeps_the_image_layers_scale(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_semiconv.plugin._export import export_result
+
+    masks = np.zeros((1, 40, 60), bool)
+    masks[0, 10:16, 5:50] = True
+    plane = SimpleNamespace(masks=masks, scores=np.array([0.9]))
+    # a 2-plane stack at 0.65 um/px (plane spacing 2): y and x are the last two
+    request = SimpleNamespace(scale=(2.0, 0.65, 0.65), translate=(0.0, 0.0, 0.0))
+    result = SimpleNamespace(
+        planes=[((0,), plane), ((1,), plane)], leading=(2,), run_info={}, request=request
+    )
+    paths = export_result(result, tmp_path / "plate")
+    for i in (0, 1):
+        for key in ("labels", "instances"):
+            assert resolution_tags(paths[f"plane{i}/{key}"]) == ((20, 13), (20, 13), 1)
+        record = read_run_json(paths[f"plane{i}/run"])
+        assert record["pixel_size"] == [0.65, 0.65] and record["plane"] == [i]
+
+
+def test_predict_carries_the_input_resolution(tmp_path):
+    from reliability_kit import save_tiny_model
+    from toy_worms import toy_worms
+
+    from napari_semiconv.cli.main import main
+
+    model = save_tiny_model(tmp_path / "tiny.pt")
+    image = (toy_worms((64, 64), seed=0)[0] * 255).astype(np.uint8)
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        image,
+        imagej=True,
+        resolution=(1 / 0.65, 1 / 0.65),
+        metadata={"unit": "micron"},
+    )
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "ij.tif"), str(tmp_path / "plain.tif")]
+    assert main([*argv, "--model", str(model), "--device", "cpu", "--out", str(out)]) == 0
+    scaled, plain = output_paths(out, "ij"), output_paths(out, "plain")
+    assert resolution_tags(scaled["labels"]) == ((20, 13), (20, 13), 1)
+    assert read_tiff_pixel_size(scaled["instances"]) == PixelSize(0.65, 0.65)
+    record = read_run_json(scaled["run"])
+    assert record["pixel_size"] == [0.65, 0.65] and record["pixel_unit"] == "micron"
+    assert read_tiff_pixel_size(plain["labels"]) is None
+    assert "pixel_size" not in read_run_json(plain["run"])

@@ -47,6 +47,28 @@ def test_writer_overwrites_atomically_and_rejects_bad_labels(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tiff", "plain.tif"]
 
 
+def resolution_tags(path) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """XResolution, YResolution (pixels per unit, as rationals) and ResolutionUnit of page 0."""
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        return tags["XResolution"].value, tags["YResolution"].value, tags["ResolutionUnit"].value
+
+
+def test_writer_stores_the_layer_scale_as_tiff_resolution(tmp_path):
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:5, 3:9] = 1
+    meta = {"name": "worms", "scale": (0.65, 0.65), "units": ("um", "um")}
+    (written,) = write_labels(str(tmp_path / "l.tif"), labels, meta)
+    assert resolution_tags(written) == ((20, 13), (20, 13), 1)  # 1 / 0.65 pixels per unit
+    np.testing.assert_array_equal(tifffile.imread(written), labels)
+    # a stack: y and x are the last two axes of the scale
+    (stack,) = write_labels(str(tmp_path / "s.tif"), labels[None], {"scale": (5.0, 0.5, 0.25)})
+    assert resolution_tags(stack) == ((4, 1), (2, 1), 1)
+    # a flipped axis cannot be a TIFF resolution: saved without one, not refused
+    (flipped,) = write_labels(str(tmp_path / "f.tif"), labels, {"scale": (-0.65, 0.65)})
+    assert resolution_tags(flipped) == ((1, 1), (1, 1), 1)
+
+
 # ------------------------------------------------------------------ reader, direct calls
 def test_reader_claims_only_instance_stacks(tmp_path):
     paths = write_run_outputs(tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3))
@@ -110,6 +132,22 @@ def test_reader_on_a_run_without_worms(tmp_path):
     assert len(layers) == 1 and layers[0][0].shape == (16, 24) and not layers[0][0].any()
 
 
+def test_reader_sets_the_scale_from_the_resolution(tmp_path):
+    masks = crossing_worms()
+    paths = write_run_outputs(
+        tmp_path, "A01", masks=masks, scores=np.ones(3), pixel_size=(0.65, 0.5)
+    )
+    (worms, worms_meta, _), (stack, stack_meta, _) = get_reader(str(paths["instances"]))(
+        str(paths["instances"])
+    )
+    assert worms_meta["scale"] == (0.65, 0.5)
+    assert stack_meta["scale"] == (1.0, 0.65, 0.5)  # the first axis counts worms
+    # a stack written without a pixel size gets napari's default scale
+    plain = write_run_outputs(tmp_path, "B01", masks=masks, scores=np.ones(3))
+    layers = read_instance_stacks(str(plain["instances"]))
+    assert all("scale" not in meta for _, meta, _ in layers)
+
+
 # ------------------------------------------------------------------ real napari viewer
 @pytest.mark.gui
 def test_viewer_saves_labels_through_the_plugin_bit_exact(make_napari_viewer, tmp_path):
@@ -144,3 +182,19 @@ def test_viewer_opens_an_instance_stack(make_napari_viewer, tmp_path):
     # Overlapping pixels are kept in the stack: worm 1 (plane 0) still covers the crossing.
     assert stack.data[0, 12, 21] == 1 and stack.data[1, 12, 21] == 2
     assert worms.features["score"].tolist() == pytest.approx([0.2, 0.9, 0.5])
+
+
+@pytest.mark.gui
+def test_viewer_round_trip_keeps_the_pixel_size(make_napari_viewer, tmp_path):
+    paths = write_run_outputs(
+        tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3), pixel_size=(0.65, 0.65)
+    )
+    viewer = make_napari_viewer()
+    viewer.open(str(paths["instances"]), plugin="napari-semiconv")
+    worms = viewer.layers["A01 worms"]
+    assert tuple(worms.scale) == pytest.approx((0.65, 0.65))
+    assert tuple(viewer.layers["A01 instances"].scale) == pytest.approx((1.0, 0.65, 0.65))
+    # Save Layer writes the scale back
+    target = tmp_path / "saved.tif"
+    worms.save(str(target), plugin="napari-semiconv")
+    assert resolution_tags(target) == ((20, 13), (20, 13), 1)

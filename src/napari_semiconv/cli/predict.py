@@ -3,7 +3,8 @@
 For every IMAGE: ``<stem>_labels.tif``, ``<stem>_instances.tif``, ``<stem>_measurements.csv`` and
 ``<stem>_run.json`` in --out (``core.export.write_run_outputs``; existing files are never
 overwritten). ``--from-run RUN.json`` takes the model and settings from a run record, as written
-by this command or by the napari widget's Export, so a GUI run can be replayed exactly.
+by this command or by the napari widget's Export, so a GUI run can be replayed exactly. A TIFF
+image's pixel size (its resolution) is carried into the output TIFFs and the run record.
 """
 
 from __future__ import annotations
@@ -135,7 +136,11 @@ def _model_from_run(record: dict, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_semiconv.core.export import read_run_json, write_run_outputs
+    from napari_semiconv.core.export import (
+        read_run_json,
+        read_tiff_pixel_size,
+        write_run_outputs,
+    )
     from napari_semiconv.core.inference import load_model, run_info, segment
     from napari_semiconv.core.model.run_modes import check_foreground_cut
 
@@ -193,13 +198,23 @@ def run(args: argparse.Namespace) -> int:
         try:
             image = read_image(image_path)
             instances = segment(model, image, **settings)
+            pixel = None
+            if Path(image_path).suffix.lower() in (".tif", ".tiff"):
+                pixel = read_tiff_pixel_size(image_path)
         except (ValueError, TypeError, OSError, SyntaxError) as exc:
             # name the file: with several images the user must know which one failed.
             # (Pillow reports a corrupt PNG as SyntaxError.)
             raise ValueError(f"{image_path}: {exc}") from exc
         info = run_info(model, settings)
         info["image"] = {"path": str(Path(image_path).resolve()), "shape": list(image.shape)}
-        paths = write_run_outputs(out, Path(image_path).stem, instances, info)
+        paths = write_run_outputs(
+            out,
+            Path(image_path).stem,
+            instances,
+            info,
+            pixel_size=None if pixel is None else (pixel.y, pixel.x),
+            pixel_unit=None if pixel is None else pixel.unit,
+        )
         print(
             f"[{i + 1}/{len(args.images)}] {image_path}: {len(instances)} worms -> "
             f"{paths['labels'].parent}",

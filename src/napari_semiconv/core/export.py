@@ -10,7 +10,14 @@ For a run named ``stem`` in ``out_dir``:
   page).
 - ``<stem>_measurements.csv``: one row per instance, columns
   :data:`~napari_semiconv.core.measurements.MEASUREMENT_COLUMNS` in that order.
-- ``<stem>_run.json``: ``run_info`` as given, plus ``"versions"`` (package versions).
+- ``<stem>_run.json``: ``run_info`` as given, plus ``"versions"`` (package versions) and, when a
+  pixel size is given, ``"pixel_size"`` ([y, x], world units per pixel) and ``"pixel_unit"`` (if
+  known), so the pixel-unit measurements can be converted.
+
+Pixel size: both TIFFs then carry it as TIFF resolution, XResolution = 1 / x and YResolution =
+1 / y pixels per unit, ResolutionUnit NONE (a napari scale has no unit of its own); Fiji and
+:func:`read_tiff_pixel_size` read it back. No ImageJ hyperstack header is written: that format
+cannot hold uint32/uint64 labels nor a 0-worm stack, and would change how the stacks read back.
 
 If any of the four exists and ``overwrite`` is False, :class:`FileExistsError` names it before
 anything is written. All four are rendered in memory first, then each is written atomically; if a
@@ -25,6 +32,7 @@ import json
 import os
 import platform
 import warnings
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,14 +47,23 @@ from .measurements import (
     labels_from_instances,
     measure_instances,
 )
+from .pixel_size import (
+    PixelSize,
+    check_pixel_size,
+    pixel_size_from_scale,
+    read_tiff_pixel_size,
+)
 
 __all__ = [
     "OUTPUT_SUFFIXES",
+    "PixelSize",
     "existing_outputs",
     "output_paths",
+    "pixel_size_from_scale",
     "read_instances_tif",
     "read_measurements_csv",
     "read_run_json",
+    "read_tiff_pixel_size",
     "smallest_label_dtype",
     "write_label_image",
     "write_run_outputs",
@@ -94,28 +111,45 @@ def smallest_label_dtype(labels: np.ndarray) -> np.dtype:
     raise ValueError(f"label {high} does not fit in 64 bits")
 
 
-def _tiff_bytes(array: np.ndarray, axes: str) -> bytes:
+def _tiff_bytes(
+    array: np.ndarray, axes: str, pixel_size: tuple[float, float] | None = None
+) -> bytes:
     buffer = io.BytesIO()
+    resolution: dict[str, Any] = {}
+    if pixel_size is not None:
+        # pixels per unit; NONE because the unit is the caller's (tifffile would say INCH)
+        y, x = pixel_size
+        resolution = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "NONE"}
     with warnings.catch_warnings():
         # A 0 x H x W stack (no worm) is legal here; tifffile warns it is "nonconformant".
         warnings.filterwarnings("ignore", message=".*zero-size array.*")
         # grey planes, said so: tifffile (and Fiji) would take a stack of 3 or 4 for colour
         tifffile.imwrite(
-            buffer, array, compression="zlib", photometric="minisblack", metadata={"axes": axes}
+            buffer,
+            array,
+            compression="zlib",
+            photometric="minisblack",
+            metadata={"axes": axes},
+            **resolution,
         )
     return buffer.getvalue()
 
 
 def write_label_image(
-    path: str | os.PathLike[str], labels: np.ndarray, overwrite: bool = False
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    overwrite: bool = False,
+    pixel_size: Sequence[float] | None = None,
 ) -> Path:
     """Write a label array (2-D or more) losslessly to TIFF, atomically, in the smallest unsigned
-    dtype that holds it exactly (values unchanged)."""
+    dtype that holds it exactly (values unchanged). ``pixel_size`` (y, x), if given, is stored as
+    the TIFF resolution (module docstring)."""
+    pixel = check_pixel_size(pixel_size)
     labels = np.asarray(labels)
     data = labels.astype(smallest_label_dtype(labels), copy=False)
     axes = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
     check_writable_target(path, overwrite)
-    return atomic_write_bytes(path, _tiff_bytes(data, axes), overwrite=overwrite)
+    return atomic_write_bytes(path, _tiff_bytes(data, axes, pixel), overwrite=overwrite)
 
 
 def _versions() -> dict[str, str]:
@@ -179,6 +213,8 @@ def write_run_outputs(
     masks: np.ndarray | None = None,
     scores: np.ndarray | None = None,
     overwrite: bool = False,
+    pixel_size: Sequence[float] | None = None,
+    pixel_unit: str | None = None,
 ) -> dict[str, Path]:
     """Write the four files of a run (module docstring) and return their paths.
 
@@ -186,6 +222,8 @@ def write_run_outputs(
     ``.masks`` (N, H, W) bool and ``.scores`` (N,), or as
     ``write_run_outputs(out_dir, stem, masks=..., scores=..., run_info=...)``. ``scores=None``
     scores every instance 1.0 (e.g. exported annotations). ``out_dir`` is created if missing.
+    ``pixel_size`` (y, x) and ``pixel_unit`` (e.g. ``"µm"``), if given, go into both TIFFs'
+    resolution and the run JSON (module docstring); the measurements stay in pixels.
 
     Raises:
         FileExistsError: one of the four files exists and ``overwrite`` is False; nothing written.
@@ -194,6 +232,7 @@ def write_run_outputs(
             existing file is changed, and files this call had already created are removed.
     """
     masks, scores = _resolve_instances(instances, masks, scores)
+    pixel = check_pixel_size(pixel_size)
     run_info = {} if run_info is None else run_info
     if not isinstance(run_info, dict):
         raise TypeError(f"run_info must be a dict, got {type(run_info).__name__}")
@@ -211,9 +250,14 @@ def write_run_outputs(
     versions = run_info.get("versions", {})
     if not isinstance(versions, dict):
         raise TypeError(f"run_info['versions'] must be a dict, got {type(versions).__name__}")
+    geometry: dict[str, Any] = {}
+    if pixel is not None:
+        geometry["pixel_size"] = list(pixel)
+        if pixel_unit:
+            geometry["pixel_unit"] = str(pixel_unit)
     try:
         record = json.dumps(
-            {**run_info, "versions": {**_versions(), **versions}},
+            {**run_info, **geometry, "versions": {**_versions(), **versions}},
             indent=2,
             default=_json_default,
             allow_nan=False,
@@ -223,8 +267,8 @@ def write_run_outputs(
 
     # Render everything in memory first, so a failure here writes nothing at all.
     payloads = {
-        "labels": _tiff_bytes(labels_from_instances(masks, scores), "YX"),
-        "instances": _tiff_bytes(masks.astype(np.uint8), "ZYX"),
+        "labels": _tiff_bytes(labels_from_instances(masks, scores), "YX", pixel),
+        "instances": _tiff_bytes(masks.astype(np.uint8), "ZYX", pixel),
         "measurements": _csv_bytes(measure_instances(masks, scores)),
         "run": (record + "\n").encode("utf-8"),
     }

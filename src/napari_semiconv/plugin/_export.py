@@ -25,8 +25,11 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
     removed too, so a failed export leaves nothing and the same export can be retried.
     Returns {key: path}; keys are labels/instances/measurements/run, prefixed with ``plane<i>/``
     for stacks.
+
+    The image layer's scale (y and x, captured in the run request) goes into the TIFFs'
+    resolution and the run JSON's ``pixel_size``, so the files line up with the image again.
     """
-    from ..core.export import output_paths, write_run_outputs
+    from ..core.export import output_paths, pixel_size_from_scale, write_run_outputs
 
     path_stem = Path(path_stem)
     out_dir, stem = path_stem.parent, path_stem.name
@@ -44,13 +47,15 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
             f"refusing to overwrite {len(existing)} existing file(s), e.g. {existing[0]}; "
             "choose another folder or name"
         )
+    # the outputs' world geometry is the image layer's, less the channel (RunRequest.scale)
+    pixel_size = pixel_size_from_scale(result.request.scale)
     written: dict[str, Path] = {}
     try:
         for name, index, instances in jobs:
             info: dict[str, Any] = dict(result.run_info)
             if result.leading:
                 info["plane"] = list(index)
-            paths = write_run_outputs(out_dir, name, instances, info)
+            paths = write_run_outputs(out_dir, name, instances, info, pixel_size=pixel_size)
             prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
             written.update({f"{prefix}{key}": path for key, path in paths.items()})
     except BaseException:

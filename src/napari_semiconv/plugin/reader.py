@@ -11,6 +11,9 @@ Opening ``<stem>_instances.tif`` therefore gives two layers:
 - ``<stem> instances``: the (N, H, W) stack itself as a hidden Labels layer, plane k holding
   label k + 1, so every worm is kept whole, overlaps included. Left out when the run found no worm.
 
+Both layers get the pixel size the stack records as TIFF resolution (as Export and
+``predict`` write it) as their scale, so they land on the scaled image they were made from.
+
 Any other file: ``get_reader`` returns None, so napari asks other readers. No torch import here.
 """
 
@@ -23,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_semiconv.core.export import read_instances_tif, read_measurements_csv
+from napari_semiconv.core.export import (
+    read_instances_tif,
+    read_measurements_csv,
+    read_tiff_pixel_size,
+)
 from napari_semiconv.core.measurements import label_dtype, labels_from_instances
 
 __all__ = ["get_reader", "read_instance_stacks"]
@@ -83,9 +90,12 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
         scores = None if features is None else features["score"].astype(np.float64)
         if scores is not None and not np.all(np.isfinite(scores)):
             scores = None  # an unreadable score: fall back to plane order
+        pixel = read_tiff_pixel_size(file)
         worms_meta: dict[str, Any] = {"name": f"{stem} worms", "metadata": {"source": str(file)}}
         if features is not None:
             worms_meta["features"] = features
+        if pixel is not None:
+            worms_meta["scale"] = (pixel.y, pixel.x)
         layers.append((labels_from_instances(masks, scores), worms_meta, "labels"))
         if n:
             ids = np.arange(1, n + 1, dtype=label_dtype(n))[:, None, None]
@@ -97,5 +107,7 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
             }
             if features is not None:
                 stack_meta["features"] = features
+            if pixel is not None:  # the first axis counts worms: not scaled
+                stack_meta["scale"] = (1.0, pixel.y, pixel.x)
             layers.append((stack, stack_meta, "labels"))
     return layers

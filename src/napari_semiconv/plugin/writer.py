@@ -10,6 +10,9 @@
   should call :func:`napari_semiconv.core.export.write_label_image` (``overwrite=False`` by
   default, FileExistsError).
 - A multiscale layer is saved at its full resolution (level 0).
+- Pixel size: the layer's scale (its last two axes, y and x) is stored as the TIFF resolution,
+  1 / scale pixels per unit (ResolutionUnit NONE), so Fiji and this plugin's reader put the labels
+  on the scaled image again. A scale that TIFF cannot hold (zero, negative) is left out.
 
 No torch import here: napari imports this module when it saves.
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_semiconv.core.export import write_label_image
+from napari_semiconv.core.export import pixel_size_from_scale, write_label_image
 
 __all__ = ["write_labels"]
 
@@ -45,5 +48,6 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     labels = np.asarray(data)
     if labels.ndim < 2:
         raise ValueError(f"a labels layer to save must be at least 2-D, got shape {labels.shape}")
-    write_label_image(target, labels, overwrite=True)
+    pixel_size = pixel_size_from_scale(meta.get("scale"))
+    write_label_image(target, labels, overwrite=True, pixel_size=pixel_size)
     return [str(target)]
