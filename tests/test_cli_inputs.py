@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from reliability_kit import save_tiny_model
 from toy_worms import toy_worms, write_folders_dataset
 
@@ -382,3 +383,42 @@ def test_out_naming_a_folder_is_named_as_such_with_or_without_resume(tmp_path, c
         err = capsys.readouterr().err
         assert code == 2 and "is a folder" in err and "worms.pt" in err, err
     assert list(folder.iterdir()) == []
+
+
+def _bbbc010_like(root: Path, wells: list[str]) -> Path:
+    """A BBBC010-layout folder: two 80 x 80 worm masks per well in eachworm/."""
+    (root / "eachworm").mkdir(parents=True)
+    for k, well in enumerate(wells):
+        _, masks = toy_worms((80, 80), n=2, seed=20 + k)
+        for i, mask in enumerate(masks, start=1):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                root / "eachworm" / f"{well}_{i:02d}_ground_truth.png"
+            )
+    return root
+
+
+def test_resume_takes_the_data_and_wells_from_the_checkpoint(tmp_path, capsys):
+    # --resume used the command line's data: without --wells / --val-wells the held-out well
+    # A03 went into training, and the card was rewritten to say so.
+    data = _bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
+    out = tmp_path / "run.pt"
+    code = _quiet(
+        ["train", "--data", str(data), "--wells", "A01,A02", "--val-wells", "A03",
+         "--iterations", "3", "--batch-size", "1", "--crop", "64", "--checkpoint-every", "1",
+         "--time-budget", "0.001", "--device", "cpu", "--out", str(out), *TINY]
+    )  # fmt: skip
+    assert code == 0 and load_checkpoint(out).train_state["step"] == 1
+    resume = ["train", "--out", str(out), "--resume", "--device", "cpu"]
+    other = _bbbc010_like(tmp_path / "other", ["A01", "A02", "A03"])
+    for flags, named in (
+        (["--wells", "A01,A02,A03"], "--wells"),
+        (["--val-wells", "A02"], "--val-wells"),
+        (["--data", str(other)], "--data"),
+    ):
+        assert main([*resume, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{named} " in err and "contradicts" in err, err
+    assert load_checkpoint(out).train_state["step"] == 1  # refused before any step
+    assert _quiet(resume) == 0
+    data_record = load_checkpoint(out).card["data"]
+    assert data_record["train_names"] == ["A01", "A02"] and data_record["val_names"] == ["A03"]

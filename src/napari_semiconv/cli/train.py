@@ -204,6 +204,44 @@ def _resumed_model(args: argparse.Namespace, model, out: str):
     return model
 
 
+def _resumed_data(args: argparse.Namespace, recorded: dict, out: str) -> None:
+    """Fill --data, --layout, --wells and --val-wells from the run's record where not given, and
+    refuse ones that contradict it: a resumed run trained on other wells would, e.g., take a
+    cross-validation fold's held-out wells into training."""
+    from pathlib import Path
+
+    root = recorded.get("root")
+    if args.data is None:
+        args.data = root
+    elif root and Path(root).is_dir() and not Path(args.data).expanduser().is_dir():
+        raise ValueError(f"--data {args.data} is not a folder ({out} was trained on {root})")
+    elif root and Path(root).is_dir() and not Path(root).samefile(Path(args.data).expanduser()):
+        raise ValueError(
+            f"--data {args.data} contradicts {out}, which was trained on {root}; drop --data "
+            "to resume with the recorded data"
+        )
+    layout = recorded.get("layout")
+    if layout and args.layout != layout:
+        if args.layout != "bbbc010":  # the default: not asked for
+            raise ValueError(
+                f"--layout {args.layout} contradicts {out}, which was trained with layout "
+                f"{layout}; drop --layout to resume with the recorded one"
+            )
+        args.layout = layout
+    for key, flag in (("wells", "--wells"), ("val_wells", "--val-wells")):
+        if key not in recorded:  # a record from before val_wells was recorded
+            continue
+        given, kept = split_wells(getattr(args, key)), recorded[key]
+        if given is None:
+            setattr(args, key, ",".join(kept) if kept else None)
+        elif given != kept:
+            shown = ",".join(kept) if kept else "none (all wells)"
+            raise ValueError(
+                f"{flag} {','.join(given)} contradicts {out}, which was trained with {key} "
+                f"{shown}; drop {flag} to resume with the recorded ones"
+            )
+
+
 def _checkpoint_to_resume(args: argparse.Namespace):
     """The checkpoint ``--resume`` continues (a fold's own file with --folds)."""
     from pathlib import Path
@@ -227,6 +265,7 @@ def _settings(args: argparse.Namespace) -> tuple:
     out, ckpt = _checkpoint_to_resume(args)
     model = _resumed_model(args, ckpt.config, str(out))
     recipe = _recipe(args, (ckpt.card or {}).get("recipe"), str(out))
+    _resumed_data(args, (ckpt.card or {}).get("data") or {}, str(out))
     step = int(ckpt.train_state["step"])
     if step >= recipe["iterations"]:
         raise ValueError(

@@ -172,6 +172,7 @@ def _card(config: TrainConfig, step: int, metrics: dict | None, world: int) -> d
             "root": config.data_root,
             "layout": config.layout,
             "wells": list(config.wells) if config.wells else None,
+            "val_wells": list(config.val_wells) if config.val_wells else None,
             "n_train": len(config.samples),
             "n_val": len(config.val_samples),
             "train_names": [s.name for s in config.samples[:500]],
