@@ -319,6 +319,32 @@ def test_each_tiles_core_decides_the_pixels_of_a_merged_worm():
     assert scores[0] == pytest.approx(0.9)
 
 
+def test_a_tiles_duplicate_never_chains_two_worms_into_one():
+    # Tile 0 finds worm 1, and also, at a lower score, a candidate spanning worm 1 and part of
+    # worm 2 beside it (as a detector's duplicates do); tile 1 sees worm 1's other end. Both of
+    # tile 0's candidates agree with tile 1's piece in the overlap, and the chain made one "worm"
+    # of worm 1 and the duplicate's share of worm 2.
+    h, w = 100, 180
+    tiles = tile_grid(h, w, 100, 20)
+    windows = [(t.y0, t.y1, t.x0, t.x1) for t in tiles]
+    worm = np.zeros((h, w), bool)
+    worm[40:46, 10:170] = True
+    beside = np.zeros((h, w), bool)
+    beside[47:53, 30:95] = True  # worm 2, inside tile 0, ending in the overlap
+    spanning = worm.copy()
+    spanning[46:53, 30:95] = True  # worm 1 and most of worm 2, bridged
+    candidates = [
+        _piece(0, worm, windows[0], 0.9),
+        _piece(0, beside, windows[0], 0.85),
+        _piece(0, spanning, windows[0], 0.5),
+        _piece(1, worm, windows[1], 0.8),
+    ]
+    masks, scores = merge_candidates(candidates, tiles, h, w)
+    np.testing.assert_array_equal(masks[0], worm)  # worm 1 whole, nothing of worm 2
+    np.testing.assert_allclose(scores, [0.9, 0.85, 0.5])  # the duplicate is left to the NMS
+    np.testing.assert_array_equal(masks[1], beside)
+
+
 def test_merging_recovers_every_worm_from_perfect_tiles():
     """With a perfect detector (each tile sees the true worms cut to its window), merging the
     tiles gives back exactly the true worms: one instance per worm, nothing split or fused."""
