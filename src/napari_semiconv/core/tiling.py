@@ -22,8 +22,11 @@ AP 0.602 -> 0.611, avS 0.623 -> 0.625; worms-binary AP 0.737 -> 0.747, avS 0.705
 Candidates of one tile are never merged with each other, not even through pieces of other
 tiles: the detector's own output keeps overlapping worms apart, and its duplicates are left to
 the mask-overlap suppression that follows, as on an untiled image. Pairs are joined best
-agreement first, and a join that would put two pieces of one tile in a worm is refused (chained
-through a tile's duplicates, the worms of a 256-px tiling were fused: AP 0.61 vs 0.75 untiled).
+agreement first, and a join that would put two pieces of one tile in a worm is refused: chained
+through a tile's duplicates, touching worms were fused (worms-binary on 10 training wells tiled
+at 256 px: AP 0.594, now 0.703; 0.738 untiled). Suppressing each tile's duplicates before the
+merge as well was measured and not kept: +0.019 AP at 256 px, -0.010 at 512 px, and as much
+lost as won by worms-brightfield (docs/benchmarks.md, "Tiled images").
 
 Candidates are stored as crops to their bounding box, so memory grows with the worms, not with
 the number of tiles. A candidate may carry its mask *probability* (uint8, 255 = 1) on the same
