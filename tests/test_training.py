@@ -298,3 +298,13 @@ def test_a_resumed_run_never_goes_back_up_to_a_higher_learning_rate(samples, tmp
     steps = [e for e in resumed if e.phase == "train" and e.losses]
     assert [e.iteration for e in steps] == [2, 3]
     assert all(e.lr == pytest.approx(1e-4) for e in steps)
+
+
+def test_validation_images_without_worms_are_refused_before_training(samples, tmp_path):
+    # a BBBC010 well whose masks are all empty is kept as a worm-free image; as the only
+    # validation well it failed after the whole training ("AP is undefined")
+    empty = Sample(image=samples[0].image, masks=samples[0].masks[:0], name="toy_empty")
+    config = _config(samples, tmp_path, val_samples=[empty])
+    with pytest.raises(ValueError, match="toy_empty.*hold no worm"):
+        next(iter(train(config)))
+    assert not (tmp_path / "model.pt").exists()

@@ -217,6 +217,13 @@ def train(config: TrainConfig) -> Iterator[TrainProgress]:
             "no training data: give samples, data_root, or synthetic_fraction=1.0 for synthetic "
             "worms only"
         )
+    if config.val_samples and not any(len(s.masks) for s in config.val_samples):
+        # found now, not after the training: AP needs at least one worm to find
+        names = ", ".join(s.name for s in config.val_samples[:5])
+        raise ValueError(
+            f"the validation images ({names}) hold no worm, so no AP can be computed; "
+            "validate on images with worms, or on none"
+        )
     group = ProcessGroup(config.device)
     try:
         yield from _run(config, group, resumed)
