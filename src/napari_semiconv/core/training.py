@@ -38,6 +38,7 @@ from napari_semiconv.core.checkpoint import Checkpoint, load_checkpoint, save_ch
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.devices import bf16_autocast_pays
 from napari_semiconv.core.distributed import ProcessGroup
+from napari_semiconv.core.folds import fold_config, fold_path, kfold
 from napari_semiconv.core.model.builder import (
     build_model,
     load_baseline_weights,
@@ -395,34 +396,3 @@ def _check_finite(model: torch.nn.Module, step: int, out: Path | None) -> None:
                 f"weights became NaN/inf at step {step} ({name}); lower the learning rate; "
                 f"{_kept(out)}"
             )
-
-
-def fold_config(config: TrainConfig, k: int, fold: int) -> TrainConfig:
-    """``config`` restricted to fold ``fold`` of ``k``: train on the other wells, validate on it.
-
-    Wells are grouped so no well is split across folds (``core.training_data.kfold_split``);
-    ``out`` becomes ``<stem>.fold<i>.pt``.
-    """
-    from napari_semiconv.core.training_data import kfold_split
-
-    config.check()
-    samples = config.samples or load_samples(config)[0]
-    train_samples, val_samples = kfold_split(samples, k, fold, seed=config.seed)
-    out = str(fold_path(config.out, fold)) if config.out else None
-    card = {**config.card, "fold": {"k": int(k), "index": int(fold)}}
-    return dataclasses.replace(
-        config, samples=train_samples, val_samples=val_samples, out=out, card=card
-    )
-
-
-def fold_path(out: str | os.PathLike[str], fold: int) -> Path:
-    """Where fold ``fold`` of a k-fold run writes its checkpoint: model.pt -> model.fold2.pt."""
-    path = Path(out)
-    return path.with_name(f"{path.stem}.fold{fold}{path.suffix or '.pt'}")
-
-
-def kfold(config: TrainConfig, k: int) -> Iterator[tuple[int, TrainProgress]]:
-    """Train the ``k`` folds one after the other, yielding (fold, progress)."""
-    for fold in range(k):
-        for progress in train(fold_config(config, k, fold)):
-            yield fold, progress
