@@ -308,3 +308,22 @@ def test_validation_images_without_worms_are_refused_before_training(samples, tm
     with pytest.raises(ValueError, match="toy_empty.*hold no worm"):
         next(iter(train(config)))
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_an_unwritable_output_folder_is_found_before_the_first_step(samples, tmp_path, monkeypatch):
+    # a read-only folder was found at the first checkpoint, after checkpoint_every steps of work
+    import errno
+
+    import napari_semiconv.core.atomic as atomic
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    # tests run as root, so chmod cannot make a folder read-only: make creating a file fail
+    monkeypatch.setattr(atomic.tempfile, "NamedTemporaryFile", read_only)
+    events = []
+    with pytest.raises(OSError, match="cannot write in .*Read-only file system") as info:
+        for event in train(_config(samples, tmp_path / "out", checkpoint_every=100)):
+            events.append(event)
+    assert info.value.errno == errno.EROFS
+    assert not any(e.losses for e in events)  # not one step was trained

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write_bytes", "atomic_writer", "check_writable_target"]
+__all__ = ["atomic_write_bytes", "atomic_writer", "check_folder_writable", "check_writable_target"]
 
 # The process umask, read once at import (os.umask can only be read by setting it, which is not
 # thread-safe, so it is not done per write). mkstemp creates files 0600; the finished file gets the
@@ -61,6 +61,27 @@ def check_writable_target(path: str | os.PathLike[str], overwrite: bool = False)
     return target
 
 
+def check_folder_writable(folder: str | os.PathLike[str]) -> Path:
+    """Check that a file can be created in ``folder`` (by creating and removing an empty
+    temporary one), so long work finds a read-only or full folder before it starts, not when it
+    saves its result.
+
+    Raises:
+        PermissionError / OSError: naming the folder and the system's reason.
+    """
+    folder = Path(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".semiconv-probe-"):
+            pass
+    except OSError as exc:
+        detail = exc.strerror or str(exc) or type(exc).__name__
+        message = f"cannot write in {folder}: {detail}; choose another folder"
+        if exc.errno is not None:
+            raise type(exc)(exc.errno, message) from exc
+        raise OSError(message) from exc
+    return folder
+
+
 def _reraise_clearly(exc: OSError, target: Path) -> None:
     """Re-raise an OSError from writing ``target`` with a message that names the file.
 
@@ -72,8 +93,8 @@ def _reraise_clearly(exc: OSError, target: Path) -> None:
         f"could not write {target}: {detail}. Nothing was written there"
         f"{' and the existing file was left unchanged' if target.exists() else ''}."
     )
-    if exc.errno is not None:
-        raise OSError(exc.errno, msg, str(target)) from exc
+    if exc.errno is not None:  # no filename argument: the message names it already
+        raise OSError(exc.errno, msg) from exc
     raise OSError(msg) from exc
 
 

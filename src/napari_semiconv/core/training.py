@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from napari_semiconv.core.atomic import check_folder_writable
 from napari_semiconv.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from napari_semiconv.core.data.sample import Sample
 from napari_semiconv.core.devices import bf16_autocast_pays
@@ -266,6 +267,7 @@ def _run(
     out = Path(config.out) if config.out else None
     if out is not None and group.main:
         out.parent.mkdir(parents=True, exist_ok=True)
+        check_folder_writable(out.parent)  # now, not at the first checkpoint after the work
     use_amp = config.amp and bf16_autocast_pays(group.device)
     yield TrainProgress(start, total, "train", message="; ".join(notes) or "starting")
     started, last_metrics = time.perf_counter(), None
