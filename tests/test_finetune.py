@@ -171,6 +171,13 @@ def test_output_path_is_unique_in_the_user_model_folder(model_dir):
     spec.resume, spec.name = True, "base-model-finetuned"
     assert output_path(spec) == first
     assert safe_name("my worms / v2!") == "my-worms-v2"
+    # a typed .pt is dropped (it gave v1.pt.pt, a name read as a path); a bundled model's name
+    # is taken (that name loads the bundled model, never the user's)
+    assert [safe_name(n) for n in ("v1.pt", "model.PTH", "v1.2")] == ["v1", "model", "v1.2"]
+    spec.resume = False
+    for name in ("worms-binary", "worms brightfield"):
+        spec.name = name
+        assert output_path(spec) == model_dir / f"{safe_name(name)}-2.pt"
     assert history_path(first).name == "base-model-finetuned.history.json"
     assert checkpoint_cadence(4) == 1 and checkpoint_cadence(1000) == 25
     assert checkpoint_cadence(1000, preview_every=10) == 10

@@ -201,3 +201,25 @@ def test_wrong_argument_types_are_type_errors():
     for bad in (None, 3, "", "   "):
         with pytest.raises(TypeError, match="non-empty string"):
             napari_semiconv.load_model(bad, device="cpu")
+
+
+def test_a_user_model_whose_name_loads_another_is_listed_by_its_path(
+    kit, user_dir, tmp_path, monkeypatch, capsys
+):
+    # named like a bundled model, or ending in .pt, or beside a file of its name in the working
+    # folder: listed (and offered in the widget) by a name that loaded something else or nothing
+    for name in ("worms-binary", "v1.pt", "clash"):
+        save_tiny_model(user_dir / f"{name}.pt")
+    save_tiny_model(user_dir / "plain.pt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clash").write_text("notes")
+    rows = {(r["name"], r["kind"]): r for r in model_store.list_models()}
+    assert rows[("plain", "user")]["ref"] == "plain"
+    assert rows[("worms-binary", "bundled")]["ref"] == "worms-binary"
+    for name in ("worms-binary", "v1.pt", "clash"):
+        ref = rows[(name, "user")]["ref"]
+        assert ref == str(user_dir / f"{name}.pt")
+        assert model_store.resolve_model_path(ref)[0] == user_dir / f"{name}.pt"
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert f"use --model {user_dir / 'v1.pt.pt'}" in printed

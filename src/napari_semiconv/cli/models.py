@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         state = "" if m.get("installed") else " (not installed)"
         if "error" in m:
             state = f" (unreadable: {m['error']})"
+        elif m.get("ref") not in (None, m["name"]):  # the name loads another model
+            state = f" (its name loads another model: use --model {m['ref']})"
         details = ", ".join(
             str(x)
             for x in (

@@ -160,8 +160,11 @@ def check_spec(spec: FineTuneSpec) -> None:
 
 # ---------------------------------------------------------------------------- output naming
 def safe_name(name: str) -> str:
-    """``name`` with anything but letters, digits, ``-``, ``_`` and ``.`` made ``-``."""
+    """``name`` with anything but letters, digits, ``-``, ``_`` and ``.`` made ``-``, and a
+    typed ``.pt`` / ``.pth`` dropped (``v1.pt`` would be saved as ``v1.pt.pt``, and a name
+    ending in .pt is read as a path, not a user model)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    cleaned = re.sub(r"(\.pth?)+$", "", cleaned, flags=re.IGNORECASE).strip("-.")
     return cleaned or "finetuned"
 
 
@@ -173,14 +176,18 @@ def _out_dir(spec: FineTuneSpec) -> Path:
 
 def output_path(spec: FineTuneSpec) -> Path:
     """Where the new model goes: ``<out_dir>/<name>.pt``; without ``resume`` a name already
-    taken gets ``-2``, ``-3``… (nothing is ever overwritten)."""
+    taken gets ``-2``, ``-3``… (nothing is ever overwritten). A bundled model's name counts as
+    taken: that name loads the bundled model, never a user model of the same name."""
+    from napari_semiconv.core.model_store import registry
+
     stem = safe_name(spec.name or f"{Path(str(spec.base)).stem}-finetuned")
     folder = _out_dir(spec)
     path = folder / f"{stem}.pt"
     if spec.resume:
         return path
+    bundled = set(registry())
     k = 2
-    while path.exists() or _data_dir(path).exists():
+    while path.exists() or _data_dir(path).exists() or path.stem in bundled:
         path = folder / f"{stem}-{k}.pt"
         k += 1
     return path

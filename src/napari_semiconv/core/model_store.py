@@ -104,7 +104,7 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> tuple[Path, str 
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path, None, "path"
-    available = [m["name"] for m in list_models()]
+    available = [m["ref"] for m in list_models()]
     raise ModelNotFoundError(
         f"no model {name_or_path!r}: not a bundled model, not in {user_model_dir()} and not a "
         f"file; available: {available or 'none'} (`napari-semiconv models` lists them)"
@@ -166,18 +166,32 @@ def _card_summary(path: Path) -> dict[str, Any]:
     return {"card": ckpt.card, "config": ckpt.config.to_dict()}
 
 
+def _loads_by_name(name: str, bundled: dict[str, Any]) -> bool:
+    """Whether :func:`resolve_model_path` takes the name ``name`` to the user model of that name
+    (the same order: a bundled name first, then the user folder unless it reads as a path)."""
+    return name not in bundled and not _looks_like_path(name)
+
+
 def list_models() -> list[dict[str, Any]]:
-    """Bundled and user models: [{name, kind, path, installed, card, config | error}]."""
+    """Bundled and user models: [{name, kind, path, installed, ref, card, config | error}].
+
+    ``ref`` is what loads the row's file: its name, or its path where the name loads something
+    else (a user model named like a bundled one, or ending in .pt, or beside a file of that name
+    in the working folder).
+    """
     found: list[dict[str, Any]] = []
-    for name, entry in sorted(registry().items()):
+    bundled = registry()
+    for name, entry in sorted(bundled.items()):
         path = BUNDLED_DIR / str(entry.get("file", f"{name}.pt"))
         row = {"name": name, "kind": "bundled", "path": str(path), "installed": path.is_file()}
+        row["ref"] = name
         row.update(_card_summary(path) if path.is_file() else {"card": entry.get("card", {})})
         found.append(row)
     folder = user_model_dir()
     if folder.is_dir():
         for path in sorted(folder.glob("*.pt")):
             row = {"name": path.stem, "kind": "user", "path": str(path), "installed": True}
+            row["ref"] = path.stem if _loads_by_name(path.stem, bundled) else str(path)
             row.update(_card_summary(path))
             found.append(row)
     return found

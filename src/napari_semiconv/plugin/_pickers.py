@@ -154,9 +154,10 @@ class ModelPicker:
         self.combo.clear()
         for row in list_models():
             if row.get("installed"):
-                self.combo.addItem(f"{row['name']} ({row['kind']})", row["name"])
-                self._cards[row["name"]] = card_text(row)
-                self._defaults[row["name"]] = _model_defaults(row.get("config"), row.get("card"))
+                ref = row["ref"]  # its name, or its path where the name loads another model
+                self.combo.addItem(f"{row['name']} ({row['kind']})", ref)
+                self._cards[ref] = card_text(row)
+                self._defaults[ref] = _model_defaults(row.get("config"), row.get("card"))
         for path in browsed:
             self.combo.addItem(f"file: {Path(path).name}", path)
         self.combo.addItem(BROWSE, None)
