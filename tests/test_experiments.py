@@ -91,6 +91,14 @@ def test_dilemma_cli_json(capsys):
 # --------------------------------------------------------------------------- sec. 4.1
 
 
+def test_a_negative_seed_is_refused_before_any_training(capsys):
+    # it was refused by numpy's k-means, after the first network had trained, naming no flag
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        dots_experiment(seed=-1, steps=5)
+    assert main(["experiment", "dots", "--seed", "-1"]) == 2
+    assert "seed must be" in capsys.readouterr().err
+
+
 def test_dots_experiment_deterministic_by_seed():
     kw = dict(rows=3, cols=3, spacing=10, steps=15, n_init=3)
     a = dots_experiment(seed=1, **kw)

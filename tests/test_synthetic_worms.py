@@ -109,6 +109,12 @@ def test_render_worms_gives_reproducible_crop_sized_windows():
     assert masks_a.reshape(len(masks_a), -1).any(axis=1).all()  # no empty instance
     seen = [len(render_worms((128, 128), np.random.default_rng(s))[1]) for s in range(4)]
     assert sum(seen) > 0  # windows are centred inside the well, so they see worms
+    # a strip as tall as the frame is still a window of a whole well (it was a well fitted to
+    # the strip, with a tenth of a real well's worm density)
+    strip = [render_worms((520, 120), np.random.default_rng(s), "binary") for s in range(6)]
+    fitted = [render_worms((400, 800), np.random.default_rng(s), "binary") for s in range(2)]
+    assert np.mean([img.mean() for img, _ in strip]) > 0.03
+    assert all(img.shape == (400, 800) and len(masks) for img, masks in fitted)
 
 
 def test_generation_is_fast():

@@ -270,6 +270,9 @@ def dots_experiment(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        # numpy's k-means seeding refuses it only after the first network has trained
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if embed_dim < 2:
         raise ValueError(f"embed_dim must be >= 2 (û needs two channels), got {embed_dim}")
     coord_scale = float(radius if coord_scale is None else coord_scale)

@@ -345,7 +345,8 @@ def render_worms(
     It looks like a random crop of a real BBBC010 image (worms cut by the window's edge, part of
     the well's rim in view) and costs in proportion to the window's area, not the frame's. The
     window's centre is drawn inside the well, so it is rarely empty. A ``shape`` at least as large
-    as the frame gives a whole well fitted to ``shape`` (as ``synthetic_worms``).
+    as the frame, or larger than it in either direction (no window of the frame fits), gives a
+    whole well fitted to ``shape`` (as ``synthetic_worms``).
 
     Args:
         shape: window size (rows, columns).
@@ -355,7 +356,9 @@ def render_worms(
     mode = _check_render(mode)
     h, w = _check_shape(shape)
     rng = np.random.default_rng() if rng is None else rng
-    if h >= FRAME_SHAPE[0] or w >= FRAME_SHAPE[1]:
+    # one side equal to the frame's still fits a window (a 520 x 120 strip of the well)
+    covers = h >= FRAME_SHAPE[0] and w >= FRAME_SHAPE[1]
+    if covers or h > FRAME_SHAPE[0] or w > FRAME_SHAPE[1]:
         scene = _draw_scene(rng, (h, w), None)
         return _render(scene, rng, mode, (0, 0, h, w))
     scene = _draw_scene(rng, FRAME_SHAPE, None)
