@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -112,9 +113,24 @@ def test_segment_tiles_a_large_image(model):
     n_tiles = len(tile_grid(200, 230, 96, 24))
     assert n_tiles == 9
     assert events[0].done == 0 and events[-1].done == events[-1].total == n_tiles
-    assert len(events) == n_tiles + 1
+    assert [e.message for e in events[1 : n_tiles + 1]] == [
+        f"tile {k}/{n_tiles}" for k in range(1, n_tiles + 1)
+    ]
     _check_instances(inst, (200, 230))
     assert len(inst) > 0
+
+
+def test_a_tile_at_the_models_worm_limit_is_reported(model):
+    # the detector keeps at most detections_per_img worms per tile (20 for this tiny model, 100
+    # for the bundled ones): a dense plate lost the rest without a word
+    image, _ = toy_worms((200, 230), n=6, seed=2)
+    with pytest.warns(RuntimeWarning, match="limit per tile.*smaller tiles"):
+        steps = segment_steps(model, image, score_threshold=0.0, tile_size=96, overlap=24)
+        events, _ = run_steps(steps)
+    assert "limit per tile" in events[-1].message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under the limit: no warning
+        segment(model, image, score_threshold=0.999, tile_size=96, overlap=24)
 
 
 def test_segment_can_be_cancelled(model):

@@ -425,3 +425,17 @@ def _out_of_memory_during_a_run_is_a_message(qtbot, widget, monkeypatch):
     np.testing.assert_array_equal(viewer.layers["plate worms"].data, before)
     _no_tracebacks(start)
     assert Path(widget.model_choice()).name == "tiny.pt"
+
+
+def test_a_tile_at_the_models_worm_limit_is_said_after_the_run(qtbot, widget):
+    # the tiny model keeps at most 4 worms per tile and, at score 0, returns that many: the
+    # limit was passed without a word (on a dense plate the bundled models' 100 per tile)
+    viewer = widget.viewer
+    viewer.add_image(_image(), name="plate")
+    widget.refresh_images()
+    start = len(_messages())
+    widget.segment()
+    _idle(qtbot, widget)
+    assert "limit per tile" in widget.result_label.text()
+    assert any("limit per tile" in m for m in _new_messages(start))
+    _no_tracebacks(start)

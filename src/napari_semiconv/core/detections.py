@@ -10,6 +10,7 @@ coordinates. :func:`detect` is that pass for choosing the clean-up's settings
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +73,13 @@ class Instances:
 
 @dataclass
 class SegmentProgress:
-    """A step of :func:`segment_steps`: ``done`` of ``total`` tiles processed."""
+    """A step of :func:`segment_steps`: ``done`` of ``total`` tiles processed. ``warning``: the
+    message is one the user must see after the run too (also raised as a RuntimeWarning)."""
 
     done: int
     total: int
     message: str
+    warning: bool = False
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -182,6 +185,9 @@ def detect_steps(
     device = device_of(model)
     candidates: list[Candidate] = []
     yield SegmentProgress(0, len(tiles), f"segmenting {len(tiles)} tile(s)")
+    # the detector keeps at most this many worms per tile (torchvision's detections_per_img)
+    cap = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
+    capped = False
     was_training = model.training
     model.eval()
     try:
@@ -200,6 +206,7 @@ def detect_steps(
             ):
                 outputs = model(inputs)
             for offset, (tile, out) in enumerate(zip(batch, outputs, strict=True)):
+                capped = capped or (cap is not None and len(out["scores"]) >= cap)
                 collect_candidates(
                     candidates, start + offset, tile, out, score_threshold, mask_threshold,
                     keep_prob,
@@ -217,6 +224,14 @@ def detect_steps(
             yield SegmentProgress(done, len(tiles), f"tile {done}/{len(tiles)}")
     finally:
         model.train(was_training)
+    if capped:
+        # a dense plate: the worms past the limit are lost without a word otherwise
+        message = (
+            f"a tile held {cap} worms, the model's limit per tile, so some worms may be "
+            "missing: segment with smaller tiles (e.g. a tile size of 512)"
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        yield SegmentProgress(len(tiles), len(tiles), message, warning=True)
     masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
     return Instances(masks, scores, displacement, foreground), soft
 

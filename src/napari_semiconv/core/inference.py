@@ -207,7 +207,7 @@ def segment_steps(
                     f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
                 )
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
-                yield SegmentProgress(0, 0, message)
+                yield SegmentProgress(0, 0, message, warning=True)
                 tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
 
 

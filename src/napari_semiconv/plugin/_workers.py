@@ -73,6 +73,7 @@ class RunResult:
     run_info: dict[str, Any]
     device: str  # the device that actually ran the model
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # e.g. a tile at the model's worm limit
 
     @property
     def n_worms(self) -> int:
@@ -151,6 +152,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "views": request.views,
     }
     planes: list[tuple[tuple[int, ...], Any]] = []
+    notes: list[str] = []
     for p, (index, plane) in enumerate(iter_planes(request.data, request.rgb)):
         where = f"plane {p + 1}/{n_planes}" if leading else "image"
         steps = inference.segment_steps(model, plane, **settings)
@@ -160,6 +162,8 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
             except StopIteration as stop:
                 instances = stop.value
                 break
+            if step.warning and f"{where}: {step.message}" not in notes:
+                notes.append(f"{where}: {step.message}")
             # every plane has the same shape, hence the same number of tiles
             yield RunUpdate(
                 p * step.total + step.done, n_planes * step.total, f"{where}: {step.message}"
@@ -177,4 +181,5 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         run_info=info,
         device=device,
         seconds=time.perf_counter() - start,
+        warnings=notes,
     )

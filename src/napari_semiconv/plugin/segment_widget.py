@@ -333,6 +333,9 @@ class SegmentWidget(QWidget):
         if shown["labels"].name != usual:  # the usual layer holds the user's edits: kept
             text += f"\n{usual!r} was edited, so it was kept; the new worms are in "
             text += f"{shown['labels'].name!r}."
+        for note in result.warnings:  # shown after the run, not only as a passing progress line
+            show_warning(note)
+            text += f"\n{note}"
         self.result_label.setText(text)
 
     def _on_error(self, exc: BaseException) -> None:
