@@ -204,6 +204,7 @@ def test_predict_says_a_folder_given_as_an_image_is_a_folder(tiny, tmp_path, cap
         (["--max-overlap", "-0.5"], "--max-overlap must be in [0, 1]"),
         (["--overlap", "-5"], "--overlap must be 0 or more pixels, got -5"),
         (["--tile-size", "8"], "--tile-size must be at least 32 pixels, got 8"),
+        (["--rescale", "20"], "--rescale must be between 0.1 and 10"),
     ],
 )
 def test_predict_names_the_flag_of_a_bad_value_before_any_image(
@@ -422,3 +423,19 @@ def test_resume_takes_the_data_and_wells_from_the_checkpoint(tmp_path, capsys):
     assert _quiet(resume) == 0
     data_record = load_checkpoint(out).card["data"]
     assert data_record["train_names"] == ["A01", "A02"] and data_record["val_names"] == ["A03"]
+
+
+def test_predict_rescale_is_recorded_and_replayed(tiny, tmp_path):
+    images = _images(tmp_path / "in", "big")
+    out = tmp_path / "out"
+    args = ["predict", *images, "--model", str(tiny), "--score-threshold", "0"]
+    assert _quiet([*args, "--out", str(out), "--rescale", "0.5"]) == 0
+    record = json.loads((out / "big_run.json").read_text())
+    assert record["settings"]["rescale"] == 0.5
+    labels = tifffile.imread(out / "big_labels.tif")
+    assert labels.shape == (64, 64)  # the image's own size, not the resized one
+    again = tmp_path / "again"
+    replay = ["predict", *images, "--from-run", str(out / "big_run.json"), "--out", str(again)]
+    assert _quiet(replay) == 0
+    assert json.loads((again / "big_run.json").read_text())["settings"]["rescale"] == 0.5
+    np.testing.assert_array_equal(tifffile.imread(again / "big_labels.tif"), labels)

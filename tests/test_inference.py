@@ -388,3 +388,34 @@ def test_merging_recovers_every_worm_from_perfect_tiles():
     masks, _ = merge_candidates(candidates, tiles, 520, 696)
     assert len(masks) == len(truths)
     assert (iou_matrix(masks, truths).max(axis=1) > 0.999).all()
+
+
+def test_rescale_segments_a_resized_image_and_returns_worms_at_the_images_size(model):
+    from napari_semiconv.core.rescale import instances_at_size, rescaled_input
+
+    image, _ = toy_worms((120, 140), n=4, seed=3)
+    found = segment(model, image, score_threshold=0.0, mask_threshold=0.1, rescale=0.5)
+    _check_instances(found, (120, 140))  # masks, Φ and foreground at the image's own size
+    assert found.displacement.shape == (2, 120, 140)
+    # the pieces: the input is resized (and stays 0/1 for a binary model) ...
+    small = rescaled_input(np.asarray(image, np.float32), 0.5, "binary")
+    assert small.shape == (60, 70) and set(np.unique(small)) <= {0.0, 1.0}
+    # ... and worms, Φ (pixels of the resized image) and the foreground come back
+    mask = np.zeros((1, 60, 70), bool)
+    mask[0, 10:20, 20:50] = True
+    phi = np.full((2, 60, 70), 3.0, np.float32)
+    small_found = Instances(mask, np.array([0.9]), phi, np.ones((60, 70)))
+    back = instances_at_size(small_found, (120, 140), 0.5)
+    expected = np.zeros((120, 140), bool)
+    expected[20:40, 40:100] = True
+    np.testing.assert_array_equal(back.masks[0], expected)
+    np.testing.assert_allclose(back.displacement, 6.0)
+    assert back.foreground.shape == (120, 140)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 20.0, float("nan"), "2", True])
+def test_a_bad_rescale_is_refused_before_any_work(model, bad):
+    image, _ = toy_worms((64, 64), n=2, seed=1)
+    steps = segment_steps(model, image, rescale=bad)
+    with pytest.raises(ValueError, match="rescale must be"):
+        next(steps)

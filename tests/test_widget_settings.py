@@ -41,6 +41,7 @@ def _chosen(w) -> dict:
         "tile": w.tile_spin.value(),
         "views": w.views_combo.currentData(),
         "stride": w.stride_spin.value(),
+        "rescale": round(w.rescale_spin.value(), 2),
     }
 
 
@@ -59,17 +60,18 @@ def test_the_last_runs_settings_come_back_in_a_new_session(qtbot, make_napari_vi
     first.tile_spin.setValue(512)
     first.views_combo.setCurrentIndex(first.views_combo.findData(4))
     first.stride_spin.setValue(8)
+    first.rescale_spin.setValue(1.25)
     assert first.segment() is not None  # remembered when Segment is clicked
     qtbot.waitUntil(lambda: not first.running, timeout=LONG)
     saved = json.loads(_settings_file().read_text())
     assert saved["model"] == "worms-brightfield" and saved["foreground_threshold"] == 0.55
-    assert saved["views"] == 4 and saved["tile_size"] == 512
+    assert saved["views"] == 4 and saved["tile_size"] == 512 and saved["rescale"] == 1.25
 
     second = _widget(make_napari_viewer)  # a new viewer: as after restarting napari
     assert _chosen(second) == _chosen(first)
     assert set(second.restored) == {
         "model", "device", "score_threshold", "mask_threshold", "max_overlap",
-        "foreground_threshold", "tile_size", "views", "stride",
+        "foreground_threshold", "tile_size", "views", "stride", "rescale",
     }  # fmt: skip
 
 

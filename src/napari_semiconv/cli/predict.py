@@ -33,6 +33,7 @@ DEFAULTS = {
     "overlap": 64,
     "batch_size": 1,
     "views": 1,
+    "rescale": 1.0,
 }
 
 
@@ -89,6 +90,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         choices=(1, 2, 4, 8),
         help="test-time augmentation: segment this many flipped/transposed views of each image "
         "and fuse their worms (more accurate outlines, one network pass per view; default 1)",
+    )
+    p.add_argument(
+        "--rescale",
+        type=float,
+        help="resize each image by this factor before the network, for worms imaged larger or "
+        "smaller than the model's training images (0.5 for worms twice as large; the outputs "
+        "keep the image's size; default 1)",
     )
     p.add_argument("--from-run", metavar="RUN.json", help="replay the model + settings of a run")
     p.set_defaults(run=run)
@@ -173,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         "tile_size",
         "overlap",
         "views",
+        "rescale",
     ):
         value = getattr(args, key)
         if value is not None:  # an explicit flag wins over the run record
@@ -226,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_settings(settings: dict, given: set[str]) -> None:
     """Refuse a bad setting before any image is read, naming its flag (or the run record), so
     the error is not blamed on the first image."""
+    from napari_semiconv.core.rescale import check_rescale
     from napari_semiconv.core.tta import views_of
 
     def name(key: str) -> str:
@@ -243,6 +253,7 @@ def _check_settings(settings: dict, given: set[str]) -> None:
         views_of(settings["views"])
     except ValueError as exc:
         raise ValueError(f"{name('views')}: {exc}") from exc
+    check_rescale(settings["rescale"], name("rescale"))
 
 
 def _check_outputs(out: Path, stems: list[str]) -> None:

@@ -42,6 +42,7 @@ from napari_semiconv.core.model.run_modes import (
 from napari_semiconv.core.model_store import list_models, load_model, model_source
 from napari_semiconv.core.preprocess import normalise
 from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
+from napari_semiconv.core.rescale import check_rescale, instances_at_size, rescaled_input
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 from napari_semiconv.core.tta import detect_views_steps, views_of
 
@@ -101,6 +102,7 @@ def segment_steps(
     divide_touching: bool = True,
     views: int = 1,
     foreground_threshold: float | None = None,
+    rescale: float = 1.0,
 ) -> Generator[SegmentProgress, None, Instances]:
     """Segment ``image``, yielding progress per batch of tiles; the Instances are the return value.
 
@@ -135,6 +137,10 @@ def segment_steps(
         foreground_threshold: a bright-field cascade's U-Net cut: a pixel is worm (for the
             detector's input and the clean-up) where the map exceeds it; None: the model's own
             (``ModelConfig.foreground_threshold``). Refused for other models.
+        rescale: resize the image by this factor before the network, for worms imaged larger
+            or smaller than the model's training images (0.5 for worms twice as large;
+            ``core.rescale``); the worms come back at the image's size. ``tile_size`` and
+            ``overlap`` are then in the resized image's pixels.
 
     Memory: one batch of tiles through the network at a time; worms found so far are kept as
     crops to their RoI boxes (a bool mask and a uint8 probability each); the result holds N·H·W
@@ -155,12 +161,20 @@ def segment_steps(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views_of(views)  # a bad number of views fails before any work
     check_foreground_cut(model, foreground_threshold)  # and so does a bad cut
+    rescale = check_rescale(rescale)
     if preprocessed:
         grey = np.asarray(image, dtype=np.float32)
         if grey.ndim != 2:
             raise ValueError(f"a preprocessed image must be (H, W), got {grey.shape}")
     else:
         grey = _model_input(image, model.config.input_mode, device_of(model))
+    if rescale != 1.0:
+        found = yield from segment_steps(
+            model, rescaled_input(grey, rescale, model.config.input_mode), score_threshold,
+            mask_threshold, tile_size, overlap, batch_size, True, max_overlap, use_foreground,
+            divide_touching, views, foreground_threshold,
+        )  # fmt: skip
+        return instances_at_size(found, grey.shape, rescale)
     height, width = grey.shape
     tile_size, overlap = tile_side(height, width, tile_size), int(overlap)
     tile_grid(height, width, tile_size, overlap)  # bad tile settings fail before any work

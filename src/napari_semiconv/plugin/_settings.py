@@ -87,6 +87,7 @@ def segment_snapshot(request: RunRequest) -> dict[str, Any]:
         "foreground_threshold": request.foreground_threshold,
         "tile_size": request.tile_size,
         "views": request.views,
+        "rescale": request.rescale,
         "stride": request.stride,
     }
 
@@ -125,6 +126,8 @@ def restore_segment(widget: Any, settings: dict[str, Any]) -> list[str]:
             done.append("views")
     if _restore_spin(widget.stride_spin, settings, "stride", int):
         done.append("stride")
+    if _restore_spin(widget.rescale_spin, settings, "rescale", float):
+        done.append("rescale")
     return done
 
 

@@ -44,6 +44,7 @@ class RunRequest:
     tile_size: int | None  # None: the core picks (tiles only large images)
     stride: int
     views: int = 1  # test-time augmentation (core.tta): 1 = off
+    rescale: float = 1.0  # the image resized by this before the network (core.rescale)
     foreground_threshold: float | None = None  # a bright-field cascade's U-Net cut; else None
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
     translate: tuple[float, ...] = ()
@@ -150,6 +151,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "tile_size": request.tile_size,
         "overlap": tile_overlap(request.tile_size),
         "views": request.views,
+        "rescale": request.rescale,
     }
     planes: list[tuple[tuple[int, ...], Any]] = []
     notes: list[str] = []

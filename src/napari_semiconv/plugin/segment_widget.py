@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.refine import postprocess_defaults
+from ..core.rescale import MAX_RESCALE, MIN_RESCALE
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
 from ._settings import load_settings, restore_segment, save_settings, segment_snapshot
 from ._threading import worker_for
@@ -125,6 +126,17 @@ class SegmentWidget(QWidget):
         self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setToolTip("Tile side in pixels; auto tiles only images over 1024 px.")
         form.addRow("Tile size", self.tile_spin)
+        self.rescale_spin = QDoubleSpinBox()
+        self.rescale_spin.setRange(MIN_RESCALE, MAX_RESCALE)
+        self.rescale_spin.setDecimals(2)
+        self.rescale_spin.setSingleStep(0.1)
+        self.rescale_spin.setValue(1.0)
+        self.rescale_spin.setToolTip(
+            "Resize the image by this factor before segmenting, for worms imaged larger or "
+            "smaller than the model's training images (about 8-9 px wide): 0.5 for worms twice "
+            "that size. The worms come back at the image's size."
+        )
+        form.addRow("Rescale", self.rescale_spin)
         self.views_combo = QComboBox()
         for count, text in VIEW_CHOICES:
             self.views_combo.addItem(text, count)
@@ -267,6 +279,7 @@ class SegmentWidget(QWidget):
             tile_size=int(self.tile_spin.value()) or None,
             stride=int(self.stride_spin.value()),
             views=int(self.views_combo.currentData()),
+            rescale=float(self.rescale_spin.value()),
             scale=tuple(float(layer.scale[d]) for d in keep),
             translate=tuple(float(layer.translate[d]) for d in keep),
             metadata=dict(layer.metadata),
