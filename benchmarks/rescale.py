@@ -10,15 +10,13 @@ and with the matching rescale. The wells default to fold 0's ten; nothing is cho
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scoring import emit, scored_row
 
 from napari_semiconv.core.data.bbbc010 import read_bbbc010, read_w2
-from napari_semiconv.core.evaluation import evaluate
 from napari_semiconv.core.inference import load_model, segment
 
 FOLD0 = "A02,A04,A08,A10,A19,B06,B12,B15,B22,C01"
@@ -57,14 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
                       for w in wells]  # fmt: skip
         for rescale in (1.0, 1.0 / factor):
             found = [segment(model, im, rescale=rescale) for im in images]
-            summary = evaluate(found, truths, per_image_ap=False).summary
-            row = {k: round(float(summary[k]), 4) for k in ("AP", "AP50", "avS")}
-            out[f"x{factor:g}, rescale {rescale:g}"] = row | {"n": sum(len(f) for f in found)}
-            print(f"x{factor:g}, rescale {rescale:g}: {out[f'x{factor:g}, rescale {rescale:g}']}")
-    print(json.dumps(out))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
-    return out
+            key = f"x{factor:g}, rescale {rescale:g}"
+            out[key] = scored_row(found, truths)
+            print(f"{key}: {out[key]}", flush=True)
+    return emit(out, args.json_out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ number of worms found.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
+from scoring import emit, scored_row
 
 from napari_semiconv.core.data.bbbc010 import read_bbbc010
-from napari_semiconv.core.evaluation import evaluate
 from napari_semiconv.core.inference import load_model, segment
 
 
@@ -43,13 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
             segment(model, s.image, tile_size=tile, overlap=args.overlap, preprocessed=True)
             for s in samples
         ]
-        summary = evaluate(found, truths, per_image_ap=False).summary
-        row = {k: round(float(summary[k]), 4) for k in ("AP", "AP50", "avS")}
-        out["whole" if tile is None else str(tile)] = row | {"n": sum(len(f) for f in found)}
-    print(json.dumps(out))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
-    return out
+        out["whole" if tile is None else str(tile)] = scored_row(found, truths)
+    return emit(out, args.json_out)
 
 
 if __name__ == "__main__":
