@@ -222,3 +222,21 @@ def test_tune_thresholds_gives_a_cascade_copy_its_chosen_cut(tmp_path, capsys):
     assert main(["tune-thresholds", "--model", "worms-binary", "--out", str(refused), *grid]) == 2
     assert "only a bright-field cascade" in capsys.readouterr().err
     assert not refused.exists()
+
+
+def test_choose_thresholds_scores_at_the_size_segment_shows_the_network():
+    # the Segment widget's Rescale resizes the image before the network; Choose thresholds
+    # scored at the image's own size whatever Rescale said
+    from napari_semiconv.plugin._tune_worker import TuneRequest, _sample
+
+    image, masks = synthetic_worms(seed=5, shape=(200, 240), render="brightfield")
+    labels = np.zeros(masks.shape[1:], np.int32)
+    for k, mask in enumerate(masks, start=1):
+        labels[mask] = k
+    current = {"score_threshold": 0.5, "mask_threshold": 0.5, "max_overlap": 0.5}
+    request = TuneRequest("img", "lab", image, labels, "m", "cpu", current, rescale=0.5)
+    sample = _sample(request, "brightfield")
+    assert sample.image.shape == (100, 120) and sample.masks.shape[1:] == (100, 120)
+    assert len(sample.masks) == len(np.unique(labels)) - 1
+    plain = _sample(TuneRequest("img", "lab", image, labels, "m", "cpu", current), "brightfield")
+    assert plain.image.shape == (200, 240)

@@ -26,7 +26,14 @@ if TYPE_CHECKING:  # torch is imported when a resize runs: the widgets read the 
 
     from napari_semiconv.core.detections import Instances
 
-__all__ = ["MAX_RESCALE", "MIN_RESCALE", "check_rescale", "instances_at_size", "rescaled_input"]
+__all__ = [
+    "MAX_RESCALE",
+    "MIN_RESCALE",
+    "check_rescale",
+    "instances_at_size",
+    "masks_at_size",
+    "rescaled_input",
+]
 
 #: the factors accepted: a tenth to ten times the image's size
 MIN_RESCALE, MAX_RESCALE = 0.1, 10.0
@@ -69,16 +76,26 @@ def rescaled_input(grey: np.ndarray, factor: float, input_mode: str) -> np.ndarr
     return np.clip(small, 0.0, 1.0).astype(np.float32)
 
 
+def masks_at_size(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) bool masks at ``shape``: bilinear, cut at 0.5 (a chunk of masks at a time)."""
+    import torch
+
+    out = np.zeros((len(masks), *shape), dtype=bool)
+    for start in range(0, len(out), _CHUNK):
+        chunk = torch.from_numpy(np.ascontiguousarray(masks[start : start + _CHUNK])).float()
+        # antialiased when shrinking: a thin worm must not vanish between the samples
+        smaller = shape[0] < chunk.shape[-2]
+        out[start : start + _CHUNK] = (_resized(chunk, shape, antialias=smaller) > 0.5).numpy()
+    return out
+
+
 def instances_at_size(found: Instances, shape: tuple[int, int], factor: float) -> Instances:
     """``found`` (segmented on the image resized by ``factor``) at the image's own ``shape``."""
     import torch
 
     from napari_semiconv.core.detections import Instances
 
-    masks = np.zeros((len(found.scores), *shape), dtype=bool)
-    for start in range(0, len(masks), _CHUNK):
-        chunk = torch.from_numpy(found.masks[start : start + _CHUNK]).float()
-        masks[start : start + _CHUNK] = (_resized(chunk, shape, antialias=False) > 0.5).numpy()
+    masks = masks_at_size(found.masks, shape)
     phi = torch.from_numpy(np.ascontiguousarray(found.displacement, np.float32))
     displacement = (_resized(phi, shape, antialias=factor > 1) / factor).numpy()
     foreground = None

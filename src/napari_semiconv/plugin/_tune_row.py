@@ -107,6 +107,7 @@ class ThresholdTuner:
                 k: round(float(s.value()), 4) for k, s in zip(KEYS, owner.spins(), strict=True)
             },
             foreground_threshold=_rounded(owner.foreground_cut()),
+            rescale=float(owner.rescale_spin.value()),
         )
 
     def _on_update(self, update: RunUpdate) -> None:

@@ -31,6 +31,7 @@ class TuneRequest:
     device: str
     current: dict[str, float]  # the widget's thresholds now, scored for comparison
     foreground_threshold: float | None = None  # the widget's cut (a cascade), else None
+    rescale: float = 1.0  # the widget's Rescale: scored where Segment runs the network
 
 
 @dataclass
@@ -54,6 +55,14 @@ def _sample(request: TuneRequest, input_mode: str) -> Any:
         )
     grey = normalise(to_grey(image), input_mode)
     masks = labels_to_masks(np.asarray(request.labels), grey.shape)
+    if request.rescale != 1.0:
+        # the thresholds act on the network's output, so they are chosen at the size Segment
+        # shows it the image: the image and the truth resized alike
+        from ..core.rescale import masks_at_size, rescaled_input
+
+        grey = rescaled_input(grey, request.rescale, input_mode)
+        masks = masks_at_size(masks, grey.shape)
+        masks = masks[masks.reshape(len(masks), -1).any(axis=1)]  # a worm too thin to keep
     return Sample(grey, masks, request.image_name)
 
 
