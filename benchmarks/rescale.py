@@ -18,18 +18,16 @@ from scoring import emit, scored_row
 
 from napari_semiconv.core.data.bbbc010 import read_bbbc010, read_w2
 from napari_semiconv.core.inference import load_model, segment
+from napari_semiconv.core.rescale import masks_at_size
 
 FOLD0 = "A02,A04,A08,A10,A19,B06,B12,B15,B22,C01"
 
 
-def resized(array: np.ndarray, factor: float, order: str) -> np.ndarray:
-    """An image (H, W) or masks (N, H, W) resized by ``factor`` (masks cut at 0.5)."""
-    stack = torch.from_numpy(np.ascontiguousarray(array, np.float32))
-    stack = stack[None] if stack.ndim == 2 else stack
-    shape = (round(array.shape[-2] * factor), round(array.shape[-1] * factor))
-    out = F.interpolate(stack[None], size=shape, mode="bilinear", antialias=factor < 1)[0]
-    out = out > 0.5 if order == "masks" else out
-    return out.numpy() if array.ndim == 3 else out[0].numpy()
+def resized_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """A raw (H, W) image resized by ``factor`` (bilinear, antialiased when shrinking)."""
+    stack = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    shape = (round(image.shape[0] * factor), round(image.shape[1] * factor))
+    return F.interpolate(stack, size=shape, mode="bilinear", antialias=factor < 1)[0, 0].numpy()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,12 +45,15 @@ def main(argv: list[str] | None = None) -> dict:
     samples = read_bbbc010(args.data, "binary", wells=wells)  # the masks; images below
     out: dict = {"model": args.model, "wells": args.wells}
     for factor in (float(f) for f in args.factors.split(",")):
-        truths = [resized(s.masks, factor, "masks") for s in samples]
+        shape = (
+            round(samples[0].masks.shape[1] * factor),
+            round(samples[0].masks.shape[2] * factor),
+        )
+        truths = [masks_at_size(s.masks, shape) for s in samples]  # as segment brings worms back
         if model.config.input_mode == "binary":
             images = [t.any(axis=0).astype(np.float32) for t in truths]
         else:
-            images = [resized(read_w2(args.data, w).astype(np.float32), factor, "image")
-                      for w in wells]  # fmt: skip
+            images = [resized_image(read_w2(args.data, w), factor) for w in wells]
         for rescale in (1.0, 1.0 / factor):
             found = [segment(model, im, rescale=rescale) for im in images]
             key = f"x{factor:g}, rescale {rescale:g}"

@@ -114,15 +114,10 @@ def check_image_path(path: str | Path) -> Path:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as an array (TIFF via tifffile, others via scikit-image)."""
-    path = check_image_path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """An image file as an array (the core's reader, which names a damaged file)."""
+    from napari_semiconv.core.data.folders import read_image as read_pixels
 
-        return tifffile.imread(path)
-    from skimage.io import imread
-
-    return imread(path)
+    return read_pixels(check_image_path(path))
 
 
 def _model_from_run(record: dict, device: str):
@@ -204,15 +199,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("two images share a file stem; their outputs would collide")
     _check_outputs(out, stems)  # a batch is refused whole, not half-way through
     for i, image_path in enumerate(args.images):
+        image = read_image(image_path)  # a read error names the file already
         try:
-            image = read_image(image_path)
             instances = segment(model, image, **settings)
             pixel = None
             if Path(image_path).suffix.lower() in (".tif", ".tiff"):
                 pixel = read_tiff_pixel_size(image_path)
-        except (ValueError, TypeError, OSError, SyntaxError) as exc:
-            # name the file: with several images the user must know which one failed.
-            # (Pillow reports a corrupt PNG as SyntaxError.)
+        except (ValueError, TypeError, OSError) as exc:
+            # name the file: with several images the user must know which one failed
             raise ValueError(f"{image_path}: {exc}") from exc
         info = run_info(model, settings)
         info["image"] = {"path": str(Path(image_path).resolve()), "shape": list(image.shape)}
