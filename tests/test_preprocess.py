@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from napari_semiconv.core.preprocess import INPUT_MODES, check_input_mode, normalise, to_grey
+from napari_semiconv.core.preprocess import (
+    INPUT_MODES,
+    check_input_mode,
+    normalise,
+    remove_hot_pixels,
+    to_grey,
+)
 
 
 def test_to_grey_keeps_grey_values_and_returns_a_float32_copy():
@@ -166,6 +172,72 @@ def test_brightfield_constant_and_nearly_constant_images_do_not_divide_by_zero()
     assert out[0, 0] == 1.0 and out.sum() == 1.0
 
 
+def _well(seed: int = 0) -> np.ndarray:
+    """A BBBC010-like bright-field well: dark outside (~100), a bright disc (~2000) with a dark
+    worm 6 px wide in it, edges blurred as by a lens (σ 1 px), camera noise σ 5."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:120, :160]
+    image = np.where((yy - 60) ** 2 + (xx - 80) ** 2 < 50**2, 2000.0, 100.0)
+    image[57:63, 50:110] = 600.0  # the worm
+    image = ndimage.gaussian_filter(image, 1.0)
+    return (image + rng.normal(0, 5, image.shape)).astype(np.uint16)
+
+
+def test_hot_and_dead_pixels_take_their_neighbourhoods_value():
+    clean = _well()
+    hot = clean.copy()
+    spots = {(5, 5): 65535, (10, 150): 3000, (100, 10): 2000, (101, 10): 2000}  # outside
+    spots |= {(60, 60): 65535, (40, 80): 0, (41, 81): 0}  # on the worm, in the well
+    for (y, x), value in spots.items():
+        hot[y, x] = value
+    out, expected = normalise(hot, "brightfield"), normalise(clean, "brightfield")
+    for y, x in spots:
+        assert abs(out[y, x] - expected[y, x]) < 0.01, (y, x)
+    np.testing.assert_allclose(out, expected, atol=0.01)
+
+
+def test_a_noisy_or_clean_image_without_spikes_is_not_changed():
+    rng = np.random.default_rng(1)
+    noisy = rng.normal(2000, 300, (200, 200))  # 1 % of pixels are 0.5 of the range off
+    for image in (noisy, _well().astype(np.float64)):
+        lo, hi = np.percentile(image, (1.0, 99.8))
+        copy = image.copy()
+        assert remove_hot_pixels(copy, float(lo), float(hi)) == 0
+        np.testing.assert_array_equal(copy, image)
+    # two-pixel-wide lines are kept; a one-pixel line is taken for a row of hot pixels
+    image = _well().astype(np.float64)
+    image[2:4, 60:100] = 3000.0  # outside the well, as the hot pixels of the test above
+    image[115, 60:100] = 3000.0
+    lo, hi = np.percentile(image, (1.0, 99.8))
+    copy = image.copy()
+    # 40 line pixels, and the four corners of the unblurred 2-px line (as any median filter)
+    assert remove_hot_pixels(copy, float(lo), float(hi)) == 44
+    np.testing.assert_array_equal(copy[2:4, 61:99], image[2:4, 61:99])
+    assert copy[115, 60:100].max() < 200
+
+
+def test_hot_pixels_outside_a_real_well_add_no_worms(bbbc010_root):
+    import tifffile
+
+    from napari_semiconv.core.inference import segment
+    from napari_semiconv.core.model_store import load_model
+
+    image = tifffile.imread(next((bbbc010_root / "images").glob("*_A02_w2_*.tif")))
+    for path in sorted((bbbc010_root / "images").glob("*_w2_*.tif")):
+        grey = tifffile.imread(path).astype(np.float64)
+        lo, hi = np.percentile(grey, (1.0, 99.8))
+        assert remove_hot_pixels(grey, float(lo), float(hi)) == 0, path.name  # none to change
+    rng = np.random.default_rng(0)
+    outside = np.flatnonzero(image.ravel() < 1000)
+    hot = image.copy()
+    hot.ravel()[rng.choice(outside, 108, replace=False)] = 65535  # 0.03 % of the pixels
+    model = load_model("worms-brightfield", device="cpu")
+    # before hot pixels were removed: 17 worms became 77
+    assert len(segment(model, hot)) == len(segment(model, image))
+
+
 def test_brightfield_normalisation_in_torch_equals_the_host_one():
     # segment() runs this branch on a CUDA device; torch runs the same code on the CPU here
     from napari_semiconv.core import preprocess
@@ -179,6 +251,9 @@ def test_brightfield_normalisation_in_torch_equals_the_host_one():
     near_constant = np.full((50, 50), 3.0, np.float32)
     near_constant[0, :3] = (1.0, 9.0, 11.0)  # flat up to the top 0.2 %: full range
     images.append(near_constant)
+    hot = _well()
+    hot[[5, 60, 100, 101], [5, 60, 10, 10]] = 65535  # hot pixels: the medians agree too
+    images.append(hot)
     hosts = [normalise(image, "brightfield") for image in images]
     real_on_gpu = preprocess._on_gpu
     preprocess._on_gpu = lambda device: True  # the device branch, on the CPU
