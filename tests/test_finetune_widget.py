@@ -125,10 +125,14 @@ def test_correct_this_result_and_rectangles(widget):
     assert "No Segment result" in widget.status_label.text()
     image, masks = toy_worms((128, 128), n=3, seed=4)
     viewer.add_image(image, name="plate")
-    worms = viewer.add_labels(labels_from_instances(masks), name=output_names("plate")["labels"])
+    worms = viewer.add_labels(
+        labels_from_instances(masks), name=output_names("plate")["labels"], rotate=20, shear=[0.2]
+    )
     layer = widget.correct_result()
     assert layer.name == "plate corrections" and layer is not worms
     np.testing.assert_array_equal(layer.data, worms.data)
+    # on the worms pixel for pixel, however they are turned
+    np.testing.assert_allclose(layer.data_to_world((100, 7)), worms.data_to_world((100, 7)))
     layer.data[0:10, 0:10] = 7  # an edit touches only the copy
     assert worms.data[0:10, 0:10].max() < 7
     assert widget.rows[0].layers()[:2] == (viewer.layers["plate"], layer)
@@ -166,6 +170,7 @@ def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
     widget.iter_spin.setValue(40)
     widget.preview_spin.setValue(2)
     widget.preview_combo.setCurrentIndex(widget.preview_combo.findText("one"))
+    viewer.layers["one"].rotate = 20  # the preview lies on its image, turned or not
     widget.name_edit.setText("my worms")
 
     worker = widget.train()
@@ -182,6 +187,10 @@ def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
     assert len(widget.curve) >= 2 and widget.curve.line.get_xdata()[0] == 1
     assert "one preview" in viewer.layers
     assert viewer.layers["one preview"].data.shape == (128, 128)
+    np.testing.assert_allclose(
+        viewer.layers["one preview"].data_to_world((100, 7)),
+        viewer.layers["one"].data_to_world((100, 7)),
+    )
     # listed at once, here and in the Segment widget
     assert "my-worms" in [m["name"] for m in list_models()]
     assert segment.model_combo.findData("my-worms") >= 0

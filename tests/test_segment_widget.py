@@ -328,6 +328,45 @@ def test_export_writes_four_files_and_the_cli_replays_them(qtbot, widget, tmp_pa
     np.testing.assert_array_equal(tifffile.imread(replayed[0]), labels)
 
 
+def test_outputs_lie_on_a_turned_sheared_image_and_lose_the_turn_with_it(qtbot, widget):
+    viewer = widget.viewer
+    turn = {
+        "rotate": 30.0,
+        "shear": [0.3],
+        "affine": [[1.0, 0.1, 4.0], [0.0, 1.2, -2.0], [0, 0, 1]],
+    }
+    image = viewer.add_image(
+        _worm_image(96, 144), name="turned", scale=(2.0, 3.0), translate=(5.0, 7.0), **turn
+    )
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("turned"))
+    _run(qtbot, widget)
+    points = [(0, 0), (95, 143), (40, 17)]
+    for name in ("turned worms", "turned displacement", "turned votes"):
+        layer = viewer.layers[name]
+        for point in points:
+            np.testing.assert_allclose(
+                layer.data_to_world(point), image.data_to_world(point), atol=1e-9
+            )
+    # the image put straight again: the re-used layers are straight too
+    image.rotate, image.shear, image.affine = 0.0, [0.0], np.eye(3)
+    _run(qtbot, widget)
+    labels = viewer.layers["turned worms"]
+    np.testing.assert_allclose(labels.data_to_world((95, 143)), (5.0 + 2 * 95, 7.0 + 3 * 143))
+    # a channel axis taken out of a stack turned in its last two axes: the turn stays
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    stack = np.stack([np.zeros((96, 144), np.uint16), _worm_image(96, 144)])
+    rotate = [[1, 0, 0], [0, c, -s], [0, s, c]]
+    layer = viewer.add_image(stack, name="chan", scale=(1.0, 2.0, 3.0), rotate=rotate)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("chan"))
+    widget.channel_combo.setCurrentIndex(1)
+    _run(qtbot, widget)
+    labels = viewer.layers["chan worms"]
+    assert labels.data.shape == (96, 144)
+    np.testing.assert_allclose(
+        labels.data_to_world((95, 143)), layer.data_to_world((1, 95, 143))[1:], atol=1e-9
+    )
+
+
 def test_channels_and_rgb(qtbot, widget):
     viewer = widget.viewer
     two = np.stack([np.zeros((96, 144), np.uint16), _worm_image(96, 144)], axis=-1)

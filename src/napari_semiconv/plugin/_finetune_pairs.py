@@ -204,6 +204,9 @@ def corrections_layer(viewer: Any, image: Any, worms: Any) -> Any:
             name=name,
             scale=worms.scale,
             translate=worms.translate,
+            rotate=worms.rotate,
+            shear=worms.shear,
+            affine=worms.affine,
             metadata={"corrections_of": worms.name},
         )
     viewer.layers.selection.active = layer

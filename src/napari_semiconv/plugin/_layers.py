@@ -21,6 +21,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.visualise import LayerViews
 
 
+def kept_transform(layer: Layer, keep: Sequence[int]) -> dict[str, Any]:
+    """``layer``'s rotate, shear and affine on the axes ``keep`` (its channel axis taken out),
+    as keywords for the output layers: with its scale and translate they put every output
+    pixel on the image pixel it came from, however the image is turned or sheared. Always all
+    three (identities included), so a re-used layer loses an earlier image's turn.
+
+    A channel axis is not turned with the others in any image a microscope gives; were it
+    mixed in, what the kept axes get is the part that maps them onto themselves.
+    """
+    keep = list(keep)
+    ndim = layer.ndim
+    rotate = np.asarray(layer.rotate, dtype=float)[np.ix_(keep, keep)]
+    shear_full = np.eye(ndim)
+    shear_full[np.triu_indices(ndim, 1)] = np.asarray(layer.shear, dtype=float)
+    sub = shear_full[np.ix_(keep, keep)]
+    shear = sub[np.triu_indices(len(keep), 1)]
+    homogeneous = [*keep, ndim]  # the translation column of the affine matrix too
+    affine = np.asarray(layer.affine.affine_matrix, dtype=float)[np.ix_(homogeneous, homogeneous)]
+    return {"rotate": rotate.tolist(), "shear": shear.tolist(), "affine": affine.tolist()}
+
+
 def output_names(image_name: str) -> dict[str, str]:
     """Names of the three output layers of an image (re-used on every re-run)."""
     return {
@@ -111,14 +132,17 @@ def show_views(
     scale: Sequence[float],
     translate: Sequence[float],
     metadata: dict[str, Any],
+    transform: dict[str, Any] | None = None,
 ) -> dict[str, Layer]:
     """Add or update ``<image> worms`` (Labels + features), ``<image> displacement`` (Vectors)
-    and ``<image> votes`` (Image, hidden), all with the source image's scale and translate."""
+    and ``<image> votes`` (Image, hidden), all with the source image's scale and translate,
+    and its rotate, shear and affine (``transform``, from :func:`kept_transform`)."""
     names = output_names(image_name)
     ndim = views.labels.ndim
     geometry = {
         "scale": tuple(float(s) for s in scale),
         "translate": tuple(float(t) for t in translate),
+        **(transform or {}),
         "metadata": dict(metadata),
     }
     votes = _put(

@@ -48,6 +48,7 @@ class RunRequest:
     foreground_threshold: float | None = None  # a bright-field cascade's U-Net cut; else None
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
     translate: tuple[float, ...] = ()
+    transform: dict[str, Any] = field(default_factory=dict)  # rotate/shear/affine (kept_transform)
     metadata: dict[str, Any] = field(default_factory=dict)  # the layer's, copied to the outputs
     channel_axis: int | None = None  # of the layer's data, for the run record
     channel: int | None = None

@@ -223,10 +223,13 @@ class FineTuneWidget(QWidget):
             )
         self._preview_target = {}
         if preview is not None:
+            from ._layers import kept_transform
+
             self._preview_target = {
                 "name": f"{preview.name} preview",
                 "scale": tuple(preview.scale)[-2:],
                 "translate": tuple(preview.translate)[-2:],
+                "transform": kept_transform(preview, list(range(preview.ndim))[-2:]),
             }
         out = output_path(spec)
         self.name_edit.setText(out.stem)  # so Resume continues this very model
@@ -282,7 +285,11 @@ class FineTuneWidget(QWidget):
         target = self._preview_target
         if not target:
             return
-        geometry = {"scale": target["scale"], "translate": target["translate"]}
+        geometry = {
+            "scale": target["scale"],
+            "translate": target["translate"],
+            **target["transform"],
+        }
         _put(self.viewer, "labels", target["name"], labels, labels.ndim, geometry, {})
 
     def _on_returned(self, result: FineTuneResult) -> None:

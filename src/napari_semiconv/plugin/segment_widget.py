@@ -263,6 +263,8 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             show_error(f"Cannot segment {layer.name!r}: {exc}")
             return None
+        from ._layers import kept_transform
+
         # world geometry of the output: the layer's, less the channel axis that was taken
         keep = [d for d in range(layer.ndim) if d != axis]
         source_path = getattr(layer.source, "path", None)
@@ -282,6 +284,7 @@ class SegmentWidget(QWidget):
             rescale=float(self.rescale_spin.value()),
             scale=tuple(float(layer.scale[d]) for d in keep),
             translate=tuple(float(layer.translate[d]) for d in keep),
+            transform=kept_transform(layer, keep),
             metadata=dict(layer.metadata),
             channel_axis=axis,
             channel=channel,
@@ -332,6 +335,7 @@ class SegmentWidget(QWidget):
                 request.scale,
                 request.translate,
                 metadata,
+                request.transform,
             )
         except (ValueError, TypeError) as exc:  # e.g. a same-named layer napari cannot update
             show_error(f"Could not show the result of {request.image_name!r}: {exc}")
