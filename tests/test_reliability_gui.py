@@ -439,3 +439,22 @@ def test_a_tile_at_the_models_worm_limit_is_said_after_the_run(qtbot, widget):
     assert "limit per tile" in widget.result_label.text()
     assert any("limit per tile" in m for m in _new_messages(start))
     _no_tracebacks(start)
+
+
+def test_an_inverted_image_is_said_after_the_run(qtbot, widget, bbbc010_root):
+    # an inverted bright-field well gave 42 confident small "worms" with no word
+    import tifffile
+
+    image = tifffile.imread(next((bbbc010_root / "images").glob("*_A02_w2_*.tif")))
+    viewer = widget.viewer
+    viewer.add_image(image.max() - image, name="inverted")
+    widget.refresh_images()
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("inverted"))
+    assert widget.set_model("worms-brightfield")
+    start = len(_messages())
+    widget.segment()
+    _idle(qtbot, widget)
+    assert "smaller than the worms this model learnt" in widget.result_label.text()
+    assert any("may be inverted" in m for m in _new_messages(start))
+    _no_tracebacks(start)
+    assert "inverted worms" in viewer.layers  # a word, not a refusal

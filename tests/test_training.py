@@ -20,6 +20,7 @@ from napari_semiconv.core.training import (
     train,
 )
 from napari_semiconv.core.training_data import batch_indices, kfold_split, well_of
+from napari_semiconv.core.worm_size import worm_area_record
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,8 @@ def test_train_reports_losses_and_writes_checkpoints(samples, tmp_path):
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt.train_state["step"] == 3
     assert ckpt.card["recipe"]["iterations"] == 3 and ckpt.card["input_mode"] == "binary"
+    # the size of its worms, which segment compares the worms it finds with (core.worm_size)
+    assert ckpt.card["worm_area"] == worm_area_record(s.masks for s in samples)
     model = model_from_checkpoint(ckpt)
     assert model.config == tiny_model_config()
     # the trained model is handed over at the end, ready to use

@@ -45,6 +45,7 @@ from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instance
 from napari_semiconv.core.rescale import check_rescale, instances_at_size, rescaled_input
 from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
 from napari_semiconv.core.tta import detect_views_steps, views_of
+from napari_semiconv.core.worm_size import learnt_worm_area, size_warning
 
 __all__ = [
     "Instances",
@@ -174,6 +175,8 @@ def segment_steps(
             mask_threshold, tile_size, overlap, batch_size, True, max_overlap, use_foreground,
             divide_touching, views, foreground_threshold,
         )  # fmt: skip
+        if not preprocessed:
+            yield from _size_steps(model, found)  # the sizes the network saw
         return instances_at_size(found, grey.shape, rescale)
     height, width = grey.shape
     tile_size, overlap = tile_side(height, width, tile_size), int(overlap)
@@ -197,7 +200,7 @@ def segment_steps(
                         model, grey, views, tile_size, overlap, batch_size, score_threshold,
                         mask_threshold,
                     )  # fmt: skip
-                return _refine(
+                found = _refine(
                     found,
                     soft if keep_prob else None,
                     grey,
@@ -205,6 +208,7 @@ def segment_steps(
                     max_overlap,
                     use_foreground,
                 )
+                break
             except torch.OutOfMemoryError as exc:
                 # out of memory: free what the failed pass held and retry with half the tile side
                 # (and one tile per pass); below the 32-px floor there is nothing left to try
@@ -223,6 +227,25 @@ def segment_steps(
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 yield SegmentProgress(0, 0, message, warning=True)
                 tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
+    if not preprocessed:  # a user's image (a trainer's own samples need no word)
+        yield from _size_steps(model, found)
+    return found
+
+
+def _size_steps(model: torch.nn.Module, found: Instances) -> Generator[SegmentProgress]:
+    """A warning (RuntimeWarning and a progress step) when the worms found are far smaller or
+    larger than those the model learnt (``core.worm_size``): a wrong channel, an inverted
+    image, or another magnification."""
+    message = _size_message(model, found)
+    if message:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        yield SegmentProgress(0, 0, message, warning=True)
+
+
+def _size_message(model: torch.nn.Module, found: Instances) -> str | None:
+    areas = found.masks.reshape(len(found), -1).sum(axis=1)
+    card = getattr(model, "card", None)
+    return size_warning(areas, learnt_worm_area(card), model.config.input_mode)
 
 
 def _divides(model: torch.nn.Module, divide_touching: bool, use_foreground: bool) -> bool:
@@ -319,6 +342,10 @@ def segment_batch(
                     )  # fmt: skip
     finally:
         model.train(was_training)
+    for i, found in enumerate(results):
+        message = _size_message(model, cast(Instances, found))
+        if message:
+            warnings.warn(f"image {i}: {message}", RuntimeWarning, stacklevel=2)
     return cast(list[Instances], results)  # every image got one: blank or from its pass
 
 

@@ -53,6 +53,7 @@ from napari_semiconv.core.training_config import (
     lr_factor,
 )
 from napari_semiconv.core.training_data import iter_batches, load_samples, step_seed
+from napari_semiconv.core.worm_size import worm_area_record
 
 __all__ = [
     "TrainConfig",
@@ -180,6 +181,8 @@ def _card(config: TrainConfig, step: int, metrics: dict | None, world: int) -> d
             "train_names": [s.name for s in config.samples[:500]],
             "val_names": [s.name for s in config.val_samples[:500]],
         },
+        # what the model learnt a worm's size to be: segment warns far from it (core.worm_size)
+        "worm_area": worm_area_record(s.masks for s in config.samples),
         "recipe": recipe,
         "step": int(step),
         "metrics": metrics,
