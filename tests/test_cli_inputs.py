@@ -439,3 +439,17 @@ def test_predict_rescale_is_recorded_and_replayed(tiny, tmp_path):
     assert _quiet(replay) == 0
     assert json.loads((again / "big_run.json").read_text())["settings"]["rescale"] == 0.5
     np.testing.assert_array_equal(tifffile.imread(again / "big_labels.tif"), labels)
+
+
+def test_predict_names_an_image_whose_worms_are_far_from_the_models(bbbc010_root, tmp_path, capsys):
+    # an inverted bright-field well: 42 confident small "worms", said on a line of its own
+    image = tifffile.imread(next((bbbc010_root / "images").glob("*_A02_w2_*.tif")))
+    tifffile.imwrite(tmp_path / "inverted.tif", image.max() - image)
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    args = ["predict", str(tmp_path / "plain.tif"), str(tmp_path / "inverted.tif")]
+    assert main([*args, "--model", "worms-brightfield", "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "[2/2]" in captured.out and "inverted.tif" in captured.out
+    lines = [line for line in captured.err.splitlines() if "this model learnt" in line]
+    assert len(lines) == 1 and lines[0].startswith("  warning: the ")
+    assert "may be inverted" in lines[0] and "RuntimeWarning" not in captured.err

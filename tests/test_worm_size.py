@@ -62,6 +62,14 @@ def test_an_inverted_image_or_another_channel_is_named_on_real_wells(bbbc010_roo
     assert _size_words(model, image) == []  # the bright-field image the model expects
     inverted = _size_words(model, image.max() - image)
     assert len(inverted) == 1 and "smaller" in inverted[0]  # 42 worms of median 67 px
+    # a step of its own, as far on as the work (a progress bar stays full)
+    from napari_semiconv.core.inference import segment_steps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        events = list(segment_steps(model, image.max() - image))
+    assert events[-1].warning and "this model learnt" in events[-1].message
+    assert events[-1].done == events[-1].total == events[-2].total > 0
     assert len(_size_words(model, channel("B12", "w1"))) == 1  # fluorescence: 54 of 104 px
     # the same well enlarged twice, then shrunk back by Rescale: the sizes the network saw
     import torch

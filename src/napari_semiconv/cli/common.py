@@ -1,8 +1,31 @@
-"""Arguments and helpers shared by the train / evaluate sub-commands."""
+"""Arguments and helpers shared by the sub-commands."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def noting_runtime_warnings(work: Callable[[], T]) -> tuple[T, list[str]]:
+    """``work()``'s result and the RuntimeWarnings it raised, as plain messages (e.g. a tile at
+    the model's worm limit, worms far from the model's size): a command prints them as lines
+    of its own, naming the image, instead of Python's warning with a source line. Other
+    warnings are shown as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = work()
+    notes: list[str] = []
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning):
+            if str(w.message) not in notes:
+                notes.append(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result, notes
 
 
 def add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -10,10 +10,12 @@ image's pixel size (its resolution) is carried into the output TIFFs and the run
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from napari_semiconv.cli.common import noting_runtime_warnings
 from napari_semiconv.core.refine import postprocess_defaults_of
 
 #: Settings recorded in a run record and replayed by --from-run, with their defaults (None: the
@@ -201,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
     for i, image_path in enumerate(args.images):
         image = read_image(image_path)  # a read error names the file already
         try:
-            instances = segment(model, image, **settings)
+            instances, notes = noting_runtime_warnings(
+                lambda image=image: segment(model, image, **settings)
+            )
             pixel = None
             if Path(image_path).suffix.lower() in (".tif", ".tiff"):
                 pixel = read_tiff_pixel_size(image_path)
@@ -223,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
             f"{paths['labels'].parent}",
             flush=True,
         )
+        for note in notes:
+            print(f"  warning: {note}", file=sys.stderr, flush=True)
     return 0
 
 

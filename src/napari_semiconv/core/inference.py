@@ -163,6 +163,7 @@ def segment_steps(
     views_of(views)  # a bad number of views fails before any work
     check_foreground_cut(model, foreground_threshold)  # and so does a bad cut
     rescale = check_rescale(rescale)
+    last: list[SegmentProgress] = []  # the latest progress step, for a warning after the work
     if preprocessed:
         grey = np.asarray(image, dtype=np.float32)
         if grey.ndim != 2:
@@ -170,13 +171,13 @@ def segment_steps(
     else:
         grey = _model_input(image, model.config.input_mode, device_of(model))
     if rescale != 1.0:
-        found = yield from segment_steps(
+        found = yield from _tracked(segment_steps(
             model, rescaled_input(grey, rescale, model.config.input_mode), score_threshold,
             mask_threshold, tile_size, overlap, batch_size, True, max_overlap, use_foreground,
             divide_touching, views, foreground_threshold,
-        )  # fmt: skip
+        ), last)  # fmt: skip
         if not preprocessed:
-            yield from _size_steps(model, found)  # the sizes the network saw
+            yield from _size_steps(model, found, last)  # the sizes the network saw
         return instances_at_size(found, grey.shape, rescale)
     height, width = grey.shape
     tile_size, overlap = tile_side(height, width, tile_size), int(overlap)
@@ -191,15 +192,15 @@ def segment_steps(
             try:
                 keep_prob = _divides(model, divide_touching, use_foreground)
                 if views == 1:
-                    found, soft = yield from detect_steps(
+                    found, soft = yield from _tracked(detect_steps(
                         model, grey, tile_size, overlap, batch_size, score_threshold,
                         mask_threshold, keep_prob,
-                    )  # fmt: skip
+                    ), last)  # fmt: skip
                 else:
-                    found, soft = yield from detect_views_steps(
+                    found, soft = yield from _tracked(detect_views_steps(
                         model, grey, views, tile_size, overlap, batch_size, score_threshold,
                         mask_threshold,
-                    )  # fmt: skip
+                    ), last)  # fmt: skip
                 found = _refine(
                     found,
                     soft if keep_prob else None,
@@ -228,22 +229,42 @@ def segment_steps(
                 yield SegmentProgress(0, 0, message, warning=True)
                 tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
     if not preprocessed:  # a user's image (a trainer's own samples need no word)
-        yield from _size_steps(model, found)
+        yield from _size_steps(model, found, last)
     return found
 
 
-def _size_steps(model: torch.nn.Module, found: Instances) -> Generator[SegmentProgress]:
-    """A warning (RuntimeWarning and a progress step) when the worms found are far smaller or
-    larger than those the model learnt (``core.worm_size``): a wrong channel, an inverted
-    image, or another magnification."""
+def _tracked(
+    steps: Generator[SegmentProgress, None, Any], last: list[SegmentProgress]
+) -> Generator[SegmentProgress, None, Any]:
+    """``yield from steps``, keeping its latest step in ``last`` (one item); closing this
+    closes ``steps`` (cancel leaves nothing running)."""
+    try:
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            last[:] = [step]
+            yield step
+    finally:
+        steps.close()
+
+
+def _size_steps(
+    model: torch.nn.Module, found: Instances, last: list[SegmentProgress]
+) -> Generator[SegmentProgress]:
+    """A warning (RuntimeWarning and a progress step, as far on as the ``last`` one) when the
+    worms found are far smaller or larger than those the model learnt (``core.worm_size``): a
+    wrong channel, an inverted image, or another magnification."""
     message = _size_message(model, found)
     if message:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-        yield SegmentProgress(0, 0, message, warning=True)
+        done, total = (last[0].done, last[0].total) if last else (0, 0)
+        yield SegmentProgress(done, total, message, warning=True)
 
 
 def _size_message(model: torch.nn.Module, found: Instances) -> str | None:
-    areas = found.masks.reshape(len(found), -1).sum(axis=1)
+    areas = found.masks.sum(axis=(1, 2))  # (0,) when no worm was found
     card = getattr(model, "card", None)
     return size_warning(areas, learnt_worm_area(card), model.config.input_mode)
 
