@@ -328,6 +328,44 @@ def test_export_writes_four_files_and_the_cli_replays_them(qtbot, widget, tmp_pa
     np.testing.assert_array_equal(tifffile.imread(replayed[0]), labels)
 
 
+def test_export_writes_the_worms_as_the_user_corrected_them(qtbot, widget, tmp_path):
+    import json
+
+    import pandas as pd
+    import tifffile
+
+    viewer = widget.viewer
+    viewer.add_image(_worm_image(seed=3), name="plate")
+    widget.refresh_images()
+    _run(qtbot, widget)
+    layer = viewer.layers["plate worms"]
+    n = widget.last_result.n_worms
+    assert n >= 2
+    data = layer.data.copy()
+    data[data == 1] = 0  # a false worm erased
+    data[2:6, 2:40] = 99  # a missed worm drawn
+    layer.data = data
+    paths = widget.export_to(tmp_path / "plate")
+    assert paths is not None and "with your corrections in 'plate worms'" in (
+        widget.result_label.text()
+    )
+    labels = tifffile.imread(paths["labels"])
+    # the same worms as the layer, pixel for pixel (numbered 1..N in the files)
+    pairs = {(int(a), int(b)) for a, b in zip(labels.ravel(), layer.data.ravel(), strict=True)}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    assert (labels == 0).sum() == (layer.data == 0).sum()
+    table = pd.read_csv(paths["measurements"])
+    assert len(table) == n and 1.0 in set(table["score"])  # n - 1 of the run's, 1 drawn
+    record = json.loads(paths["run"].read_text())
+    assert record["edited"]["layer"] == "plate worms"
+    assert record["edited"]["added"] == [99] and record["edited"]["removed"] == [1]
+    # an unedited layer exports the run as it was found, overlaps included
+    _run(qtbot, widget)
+    again = widget.export_to(tmp_path / "again")
+    assert "edited" not in json.loads(again["run"].read_text())
+    assert "corrections" not in widget.result_label.text()
+
+
 def test_outputs_lie_on_a_turned_sheared_image_and_lose_the_turn_with_it(qtbot, widget):
     viewer = widget.viewer
     turn = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._workers import RunResult
 
 # a typed ".tif" (or another of the outputs' extensions) is dropped: the stem gets the suffixes
@@ -16,8 +18,14 @@ def plane_stem(stem: str, index: tuple[int, ...]) -> str:
     return f"{stem}_plane{'-'.join(str(i) for i in index)}"
 
 
-def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
+def export_result(
+    result: RunResult, path_stem: Path, edited: Any = None, edited_layer: str | None = None
+) -> dict[str, Path]:
     """Write labels TIFF, instance-stack TIFF, measurements CSV and run JSON for ``result``.
+
+    ``edited``: the worms layer's data when the user has corrected it since the run (2-D, or
+    the stack's shape): the files then hold the corrected worms (``core.edited``), and the run
+    JSON says which worms were changed, added or removed (``edited``, with ``edited_layer``).
 
     A 2-D image gives ``<stem>_labels.tif`` etc.; a stack one set per plane (:func:`plane_stem`).
     Every target is checked first: if any exists, FileExistsError names them and nothing is
@@ -29,6 +37,7 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
     The image layer's scale (y and x, captured in the run request) goes into the TIFFs'
     resolution and the run JSON's ``pixel_size``, so the files line up with the image again.
     """
+    from ..core.edited import apply_label_edits
     from ..core.export import output_paths, pixel_size_from_scale, write_run_outputs
 
     path_stem = Path(path_stem)
@@ -39,6 +48,13 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
         (plane_stem(stem, index) if result.leading else stem, index, instances)
         for index, instances in result.planes
     ]
+    if edited is not None:
+        edited = np.asarray(edited)
+        # each plane's worms after the user's edits, checked before any file is written
+        jobs = [
+            (name, index, apply_label_edits(found.masks, found.scores, edited[index]))
+            for name, index, found in jobs
+        ]
     existing = [
         str(p) for name, _, _ in jobs for p in output_paths(out_dir, name).values() if p.exists()
     ]
@@ -55,7 +71,17 @@ def export_result(result: RunResult, path_stem: Path) -> dict[str, Path]:
             info: dict[str, Any] = dict(result.run_info)
             if result.leading:
                 info["plane"] = list(index)
-            paths = write_run_outputs(out_dir, name, instances, info, pixel_size=pixel_size)
+            if edited is not None:
+                # the files no longer hold only what the run found: say what the user changed
+                info["edited"] = {"layer": edited_layer, **instances.summary()}
+            paths = write_run_outputs(
+                out_dir,
+                name,
+                masks=instances.masks,
+                scores=instances.scores,
+                run_info=info,
+                pixel_size=pixel_size,
+            )
             prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
             written.update({f"{prefix}{key}": path for key, path in paths.items()})
     except BaseException:

@@ -63,6 +63,7 @@ class SegmentWidget(QWidget):
         self.viewer = viewer
         self.worker: Any = None  # the running napari worker, None when idle
         self.last_result: RunResult | None = None
+        self._last_labels: Any = None  # the worms layer the last result was shown in
         self.runs_started = 0
         self._cache = ModelCache()
         self._running_name = ""
@@ -341,6 +342,7 @@ class SegmentWidget(QWidget):
             show_error(f"Could not show the result of {request.image_name!r}: {exc}")
             return
         self.last_result = result
+        self._last_labels = shown["labels"]  # Export takes the user's corrections from it
         planes = f" in {len(result.planes)} planes" if result.leading else ""
         text = (
             f"{result.n_worms} worms{planes} in {result.seconds:.1f} s on {result.device} "
@@ -393,13 +395,31 @@ class SegmentWidget(QWidget):
         if self.last_result is None:
             show_warning("Nothing to export yet: Segment first.")
             return None
+        edited = self._edited_worms()
         try:
-            paths = export_result(self.last_result, Path(path_stem))
+            paths = export_result(
+                self.last_result,
+                Path(path_stem),
+                None if edited is None else edited.data,
+                None if edited is None else edited.name,
+            )
         except (FileExistsError, ValueError, OSError) as exc:
             show_error(f"Not exported: {exc}")
             return None
-        self.result_label.setText(f"Exported {len(paths)} files to {Path(path_stem).parent}")
+        text = f"Exported {len(paths)} files to {Path(path_stem).parent}"
+        if edited is not None:
+            text += f", with your corrections in {edited.name!r}"
+        self.result_label.setText(text)
         return paths
+
+    def _edited_worms(self) -> Any:
+        """The worms layer of the last run if the user has corrected it since, else None."""
+        from ._layers import unchanged_output
+
+        layer = self._last_labels
+        if layer is None or layer not in self.viewer.layers or unchanged_output(layer):
+            return None
+        return layer
 
 
 def _fraction(value: float, tip: str) -> QDoubleSpinBox:
