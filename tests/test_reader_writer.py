@@ -44,7 +44,14 @@ def test_writer_overwrites_atomically_and_rejects_bad_labels(tmp_path):
         write_labels(str(tmp_path / "x.png"), np.ones((4, 4), np.uint8), {})
     (no_ext,) = write_labels(str(tmp_path / "plain"), np.ones((4, 4), np.uint8), {})
     assert no_ext.endswith("plain.tif")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tiff", "plain.tif"]
+    # napari's default name for the worms of 2024.05.01_A01.tif: its dots are not an extension
+    (dotted,) = write_labels(str(tmp_path / "2024.05.01_A01 worms"), np.ones((4, 4)), {})
+    assert dotted.endswith("2024.05.01_A01 worms.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2024.05.01_A01 worms.tif",
+        "labels.tiff",
+        "plain.tif",
+    ]
 
 
 def resolution_tags(path) -> tuple[tuple[int, int], tuple[int, int], int]:
@@ -70,11 +77,11 @@ def test_writer_stores_the_layer_scale_as_tiff_resolution(tmp_path):
 
 
 # ------------------------------------------------------------------ reader, direct calls
-def test_reader_claims_only_instance_stacks(tmp_path):
+def test_reader_claims_only_instance_stacks_and_label_images(tmp_path):
     paths = write_run_outputs(tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3))
     assert get_reader(str(paths["instances"])) is read_instance_stacks
     assert get_reader([str(paths["instances"])]) is read_instance_stacks
-    assert get_reader(str(paths["labels"])) is None
+    assert get_reader(str(paths["labels"])) is read_instance_stacks  # as labels, not an image
     assert get_reader(str(paths["measurements"])) is None
     assert get_reader(str(tmp_path / "missing_instances.tif")) is None
 
@@ -185,6 +192,15 @@ def test_viewer_opens_an_instance_stack(make_napari_viewer, tmp_path):
 
 
 @pytest.mark.gui
+def test_viewer_opens_an_exported_label_image_as_labels(make_napari_viewer, tmp_path):
+    paths = write_run_outputs(tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(paths["labels"]), plugin="napari-semiconv")
+    assert type(layer).__name__ == "Labels" and layer.name == "A01 worms"
+    np.testing.assert_array_equal(layer.data, tifffile.imread(paths["labels"]))
+
+
+@pytest.mark.gui
 def test_viewer_round_trip_keeps_the_pixel_size(make_napari_viewer, tmp_path):
     paths = write_run_outputs(
         tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3), pixel_size=(0.65, 0.65)
@@ -198,3 +214,44 @@ def test_viewer_round_trip_keeps_the_pixel_size(make_napari_viewer, tmp_path):
     target = tmp_path / "saved.tif"
     worms.save(str(target), plugin="napari-semiconv")
     assert resolution_tags(target) == ((20, 13), (20, 13), 1)
+
+
+def test_a_flat_label_image_named_instances_gives_one_layer_without_a_stack(tmp_path):
+    # 900 labels on 240 x 240 px made a hidden (900, 240, 240) stack: 104 MB for a 0.1 MB file
+    from napari_semiconv.core.export import write_label_image
+    from napari_semiconv.plugin.reader import read_instance_stacks
+
+    labels = np.zeros((240, 240), np.uint16)
+    for k in range(900):
+        y, x = divmod(k, 30)
+        labels[y * 8 : y * 8 + 5, x * 8 : x * 8 + 5] = 3 * k + 7  # ids 7, 10, ... not 1..n
+    path = tmp_path / "cells_instances.tif"
+    write_label_image(path, labels, pixel_size=(0.5, 0.5))  # as the writer saves a layer
+    (layer,) = read_instance_stacks(str(path))
+    data, meta, kind = layer
+    assert kind == "labels" and data.shape == (240, 240) and meta["name"] == "cells worms"
+    np.testing.assert_array_equal(data, labels)  # the label image as it is
+    np.testing.assert_allclose(meta["scale"], (0.5, 0.5))
+
+
+def test_an_exported_label_image_opens_as_labels_with_its_measurements(tmp_path):
+    # Export's <stem>_labels.tif opened as an Image layer: no Fine-tune pair without converting
+    from napari_semiconv.core.export import write_run_outputs
+    from napari_semiconv.plugin.reader import get_reader
+
+    masks = np.zeros((3, 40, 50), bool)
+    masks[0, 5:10, 5:45] = True
+    masks[1, 5:10, 5:45] = True  # under worm 0 (lower score): label 2 shows nowhere
+    masks[2, 20:30, 10:20] = True
+    paths = write_run_outputs(
+        tmp_path, "plate", masks=masks, scores=np.array([0.9, 0.5, 0.8]), pixel_size=(2.0, 2.0)
+    )
+    reader = get_reader(str(paths["labels"]))
+    assert reader is not None
+    ((data, meta, kind),) = reader(str(paths["labels"]))
+    assert kind == "labels" and meta["name"] == "plate worms"
+    np.testing.assert_array_equal(data, tifffile.imread(paths["labels"]))
+    assert set(np.unique(data)) == {0, 1, 3}
+    np.testing.assert_array_equal(meta["features"]["index"], [1, 2, 3])  # all three rows
+    np.testing.assert_allclose(meta["features"]["score"], [0.9, 0.5, 0.8])
+    np.testing.assert_allclose(meta["scale"], (2.0, 2.0))

@@ -11,6 +11,11 @@ Opening ``<stem>_instances.tif`` therefore gives two layers:
 - ``<stem> instances``: the (N, H, W) stack itself as a hidden Labels layer, plane k holding
   label k + 1, so every worm is kept whole, overlaps included. Left out when the run found no worm.
 
+``<stem>_labels.tif`` (Export's label image), and a 2-D ``*_instances.tif`` (a label image
+saved under that name, e.g. by another tool), have no overlaps to keep: they give the worms
+layer only, with the values as they are (no N×H×W stack is made), so the labels can be
+corrected and fine-tuned on at once.
+
 Both layers get the pixel size the stack records as TIFF resolution (as Export and
 ``predict`` write it) as their scale, so they land on the scaled image they were made from.
 
@@ -35,7 +40,8 @@ from napari_semiconv.core.measurements import label_dtype, labels_from_instances
 
 __all__ = ["get_reader", "read_instance_stacks"]
 
-_SUFFIXES = ("_instances.tif", "_instances.tiff")
+_LABEL_SUFFIXES = ("_labels.tif", "_labels.tiff")
+_SUFFIXES = ("_instances.tif", "_instances.tiff", *_LABEL_SUFFIXES)
 
 LayerData = tuple[Any, dict, str]
 
@@ -56,8 +62,9 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
     return read_instance_stacks
 
 
-def _features(path: Path, stem: str, n: int) -> dict[str, np.ndarray] | None:
-    """Columns of ``<stem>_measurements.csv`` if it describes exactly labels 1..n, else None."""
+def _features(path: Path, stem: str, n: int, up_to: bool = False) -> dict[str, np.ndarray] | None:
+    """Columns of ``<stem>_measurements.csv`` if it describes exactly labels 1..n, else None.
+    ``up_to``: labels 1..m with m >= n will do (a label image may hide a worm under others)."""
     csv_path = path.with_name(f"{stem}_measurements.csv")
     if n == 0 or not csv_path.is_file():
         return None
@@ -66,6 +73,8 @@ def _features(path: Path, stem: str, n: int) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError) as exc:
         warnings.warn(f"ignoring {csv_path.name}: {exc}", stacklevel=3)
         return None
+    if up_to and len(rows) >= n:
+        n = len(rows)
     if sorted(r["label"] for r in rows) != list(range(1, n + 1)):
         warnings.warn(
             f"ignoring {csv_path.name}: its labels do not match the {n} planes of the stack; "
@@ -84,18 +93,20 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
     for item in [path] if isinstance(path, str | Path) else path:
         file = Path(item)
         stem = _stem(file) or file.stem
+        labels = _label_image(file)
+        if labels is not None:  # one id per pixel: no overlap to keep, no stack
+            top = int(labels.max()) if labels.size else 0
+            meta, _, pixel = _worms_meta(file, stem, top, up_to=True)
+            if pixel is not None and labels.ndim > 2:  # only y and x are scaled
+                meta["scale"] = (1.0,) * (labels.ndim - 2) + (pixel.y, pixel.x)
+            layers.append((labels, meta, "labels"))
+            continue
         masks = read_instances_tif(file)
         n = masks.shape[0]
-        features = _features(file, stem, n)
+        worms_meta, features, pixel = _worms_meta(file, stem, n)
         scores = None if features is None else features["score"].astype(np.float64)
         if scores is not None and not np.all(np.isfinite(scores)):
             scores = None  # an unreadable score: fall back to plane order
-        pixel = read_tiff_pixel_size(file)
-        worms_meta: dict[str, Any] = {"name": f"{stem} worms", "metadata": {"source": str(file)}}
-        if features is not None:
-            worms_meta["features"] = features
-        if pixel is not None:
-            worms_meta["scale"] = (pixel.y, pixel.x)
         layers.append((labels_from_instances(masks, scores), worms_meta, "labels"))
         if n:
             ids = np.arange(1, n + 1, dtype=label_dtype(n))[:, None, None]
@@ -111,3 +122,37 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
                 stack_meta["scale"] = (1.0, pixel.y, pixel.x)
             layers.append((stack, stack_meta, "labels"))
     return layers
+
+
+def _label_image(file: Path) -> np.ndarray | None:
+    """A file that is a label image, as it is: ``*_labels.tif`` (Export's label image) of any
+    dimensionality, or a 2-D ``*_instances.tif`` (one worm saved flat, or a label image from
+    another tool); None for a stack of worms. An (N, H, W) stack is never made of it: 900
+    labels on 240×240 px made a 104 MB hidden stack."""
+    import tifffile
+
+    labels_file = file.name.lower().endswith(_LABEL_SUFFIXES)
+    if not labels_file:
+        with tifffile.TiffFile(file) as tif:
+            if not tif.series or len(tif.series[0].shape) != 2:
+                return None
+    data = tifffile.imread(file)
+    if data.dtype.kind not in "biu" or (data.size and data.min() < 0):
+        if labels_file:
+            raise ValueError(f"{file} holds {data.dtype} values, not labels (0, 1, 2, ...)")
+        return None  # read_instances_tif reads any non-zero pixel as a worm
+    if data.ndim != 2 and not labels_file:
+        return None
+    return data.astype(label_dtype(int(data.max()) if data.size else 0), copy=False)
+
+
+def _worms_meta(file: Path, stem: str, n: int, up_to: bool = False) -> tuple[dict, Any, Any]:
+    """The worms layer's metadata (name, source, features, scale), the features, the pixel."""
+    features = _features(file, stem, n, up_to)
+    pixel = read_tiff_pixel_size(file)
+    worms_meta: dict[str, Any] = {"name": f"{stem} worms", "metadata": {"source": str(file)}}
+    if features is not None:
+        worms_meta["features"] = features
+    if pixel is not None:
+        worms_meta["scale"] = (pixel.y, pixel.x)
+    return worms_meta, features, pixel

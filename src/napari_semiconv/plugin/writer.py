@@ -29,18 +29,26 @@ from napari_semiconv.core.export import pixel_size_from_scale, write_label_image
 __all__ = ["write_labels"]
 
 _EXTENSIONS = (".tif", ".tiff")
+# other files' extensions: a name ending so was meant for another writer, and is refused
+_OTHER_FORMATS = frozenset(
+    ".png .jpg .jpeg .bmp .gif .jp2 .webp .svg .csv .json .txt .npy .npz .zarr .h5 .hdf5 "
+    ".n5 .czi .nd2 .lif .mrc .pdf".split()
+)
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Write one Labels layer's ``data`` to ``path`` (.tif/.tiff); return ``[path]``.
 
-    A path without an extension gets ``.tif``.
+    A path without a .tif/.tiff extension gets ``.tif`` appended, so a name with dots in it
+    (``2024.05.01_A01 worms``, napari's default for a layer of ``2024.05.01_A01.tif``) is
+    saved whole; a name ending in another format's extension (``.png``) is refused.
     """
     target = Path(path)
-    if target.suffix == "":
-        target = target.with_suffix(".tif")
-    elif target.suffix.lower() not in _EXTENSIONS:
+    suffix = target.suffix.lower()
+    if suffix in _OTHER_FORMATS:
         raise ValueError(f"the label TIFF writer writes .tif/.tiff files, not {target.name!r}")
+    if suffix not in _EXTENSIONS:
+        target = target.with_name(target.name + ".tif")
     if isinstance(data, list | tuple):  # multiscale: the first level is the full resolution
         if not data:
             raise ValueError("the labels layer holds no data to save")
