@@ -196,6 +196,12 @@ def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
     assert segment.model_combo.findData("my-worms") >= 0
     assert widget.model_combo.findData("my-worms") >= 0
 
+    # a preview painted into is the user's: the next preview goes beside it
+    painted = viewer.layers["one preview"]
+    painted.data[:5, :5] = 77
+    painted.refresh()
+    painted.data = painted.data.copy()  # as a paint stroke would, the layer's data event
+
     # resume: the same model, from its checkpoint, to a shorter end
     widget.resume_check.setChecked(True)
     widget.iter_spin.setValue(step + 2)
@@ -209,6 +215,14 @@ def test_train_cancel_resume_and_the_model_is_listed(qtbot, widget, model_dir):
     assert "--layout folders --data" in card["command"]
     assert widget.curve.steps == list(range(1, step + 3))  # the earlier curve + 2 new points
     assert [m["name"] for m in list_models()].count("my-worms") == 1
+    assert viewer.layers["one preview"] is painted and (painted.data[:5, :5] == 77).all()
+    assert "one preview [1]" in viewer.layers
+
+    # resuming to a step it has reached already trains nothing: said, not "Saved"
+    assert widget.train() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    assert f"already at step {step + 2}" in widget.status_label.text()
+    assert load_checkpoint(out).card["step"] == step + 2
 
 
 def test_the_training_settings_come_back_in_a_new_session(

@@ -186,9 +186,12 @@ def output_path(spec: FineTuneSpec) -> Path:
     if spec.resume:
         return path
     bundled = set(registry())
-    k = 2
+    # "v-2" taken goes on to "v-3", not "v-2-2" (the widget shows the name it took, so the
+    # next run starts from it); a longer number (a date) is part of the name
+    numbered = re.fullmatch(r"(.+)-(\d{1,3})", stem)
+    base, k = (numbered.group(1), int(numbered.group(2)) + 1) if numbered else (stem, 2)
     while path.exists() or _data_dir(path).exists() or path.stem in bundled:
-        path = folder / f"{stem}-{k}.pt"
+        path = folder / f"{base}-{k}.pt"
         k += 1
     return path
 

@@ -96,6 +96,13 @@ def _resume_checkpoint(config: TrainConfig) -> Checkpoint:
         raise ValueError(
             f"{out} is a {mode!r}-input model but the samples were prepared for {asked!r}"
         )
+    step = int(ckpt.train_state.get("step", 0))
+    if config.iterations <= step:
+        # nothing would be trained, yet the run would end "saved at step <iterations>"
+        raise ValueError(
+            f"{out.name} is already at step {step}; to train it further, give it more than "
+            f"{step} iterations (it has {config.iterations})"
+        )
     config.model = ckpt.config
     return ckpt
 

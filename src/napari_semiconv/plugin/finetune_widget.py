@@ -280,7 +280,7 @@ class FineTuneWidget(QWidget):
             self.status_label.setText(update.text)
 
     def _show_preview(self, labels: Any) -> None:
-        from ._layers import _put
+        from ._layers import WRITTEN, _put, digest
 
         target = self._preview_target
         if not target:
@@ -290,7 +290,9 @@ class FineTuneWidget(QWidget):
             "translate": target["translate"],
             **target["transform"],
         }
-        _put(self.viewer, "labels", target["name"], labels, labels.ndim, geometry, {})
+        # a preview the user has painted into is theirs: the next one goes beside it
+        layer = _put(self.viewer, "labels", target["name"], labels, labels.ndim, geometry, {}, True)
+        layer.metadata = {**layer.metadata, WRITTEN: digest(layer.data)}
 
     def _on_returned(self, result: FineTuneResult) -> None:
         self.last_output, self.last_step = Path(result.out), result.step
