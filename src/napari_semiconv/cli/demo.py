@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .experiment import DOTS_FIGURE, DOTS_JSON, run_dots
 
+DEFAULT_MODEL = "worms-brightfield"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -29,8 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(--dots: the paper's dot-grid experiment instead).",
     )
     p.add_argument("--dots", action="store_true", help="run the dot-grid experiment instead")
-    p.add_argument("--model", default="worms-brightfield", help="model name or checkpoint path")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    # no argparse defaults: --dots must tell a given --model or --device from none (see _run_dots)
+    p.add_argument(
+        "--model", help=f"model name or checkpoint path (default {DEFAULT_MODEL}); not with --dots"
+    )
+    p.add_argument(
+        "--device",
+        help="auto, cpu, cuda, cuda:N or mps (default auto); with --dots only cpu or auto",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -55,6 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if args.dots:
         return _run_dots(args)
+    args.model = args.model or DEFAULT_MODEL
+    args.device = args.device or "auto"
     from napari_semiconv.core.evaluation import evaluate
     from napari_semiconv.core.inference import load_model, run_info, segment
     from napari_semiconv.core.refine import postprocess_defaults_of
@@ -129,6 +139,7 @@ def _write_run(out: Path, image, result, info: dict, title: str) -> dict[str, Pa
 
 
 def _run_dots(args: argparse.Namespace) -> int:
+    _refuse_unused_for_dots(args)
     out = Path(args.out)
     summary = run_dots(out, args.seed, args.steps)
     print(
@@ -139,3 +150,18 @@ def _run_dots(args: argparse.Namespace) -> int:
     print(f"wrote {summary['figure']}")
     print(f"wrote {summary['json']}")
     return 0
+
+
+def _refuse_unused_for_dots(args: argparse.Namespace) -> None:
+    """--dots takes no model and trains on the CPU (core.experiments.dots_experiment): refuse
+    a --model or a --device that it would silently ignore, before the work."""
+    if args.model is not None:
+        raise ValueError(
+            f"--dots trains its own two small networks; --model {args.model} is not used: "
+            "drop --model, or drop --dots to segment the sample with that model"
+        )
+    if args.device not in (None, "auto", "cpu"):
+        raise ValueError(
+            f"--dots trains its two small networks on the CPU (they are too small to gain "
+            f"from a GPU); --device {args.device} is not used: drop --device"
+        )

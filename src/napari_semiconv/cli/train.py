@@ -7,7 +7,6 @@ GPU; only rank 0 prints and writes).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -96,6 +95,7 @@ RECIPE = {
 SWITCHES = {
     "augment": ("no_augment", "--no-augment", False),
     "train_heads_only": ("heads_only", "--heads-only", True),
+    "amp": ("no_amp", "--no-amp", False),
 }
 
 
@@ -121,20 +121,32 @@ def _model_config(args: argparse.Namespace):
         "input_mode": args.input or "binary",
     }
     options.update(_parse_options(args.model_option))
-    return ModelConfig.from_dict(options)
+    try:
+        return ModelConfig.from_dict(options)
+    except (ValueError, TypeError) as exc:  # a value out of range: only options can give one
+        raise ValueError(f"--model-option: {exc}") from None
 
 
 def _parse_options(items: list[str]) -> dict:
-    """["fpn_channels=256", "norm=group"] -> {"fpn_channels": 256, "norm": "group"}."""
+    """["fpn_channels=256", "norm=group"] -> {"fpn_channels": 256, "norm": "group"}, each value
+    of its setting's type; a key that is no setting or a value of another type is refused."""
+    from napari_semiconv.core.model.config import setting_from_text, setting_names
+
     options = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ValueError(f"--model-option expects KEY=VALUE, got {item!r}")
+        if key not in setting_names():
+            raise ValueError(
+                f"--model-option {key}: no such model setting; valid keys: "
+                f"{', '.join(setting_names())}"
+            )
         try:
-            options[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key.strip()] = text  # a bare word such as group
+            options[key] = setting_from_text(key, text)
+        except ValueError as exc:
+            raise ValueError(f"--model-option {item}: {exc}") from None
     return options
 
 
@@ -210,6 +222,8 @@ def _resumed_data(args: argparse.Namespace, recorded: dict, out: str) -> None:
     cross-validation fold's held-out wells into training."""
     from pathlib import Path
 
+    if "root" in recorded and recorded["root"] is None:
+        _refuse_data_for_synthetic(args, out)
     root = recorded.get("root")
     if args.data is None:
         args.data = root
@@ -240,6 +254,30 @@ def _resumed_data(args: argparse.Namespace, recorded: dict, out: str) -> None:
                 f"{flag} {','.join(given)} contradicts {out}, which was trained with {key} "
                 f"{shown}; drop {flag} to resume with the recorded ones"
             )
+
+
+def _refuse_data_for_synthetic(args: argparse.Namespace, out: str) -> None:
+    """A run recorded without data trained on synthetic worms only: resuming it with --data
+    would train its last steps on a folder while its card, written for the whole run, claims
+    that folder for all of them."""
+    given = [
+        f"--{name} {value}"
+        for name, value in (
+            ("data", args.data),
+            ("wells", args.wells),
+            ("val-wells", args.val_wells),
+        )
+        if value is not None
+    ]
+    if args.layout != "bbbc010":  # the default: not asked for
+        given.append(f"--layout {args.layout}")
+    if given:
+        flags = " ".join(flag.split()[0] for flag in given)
+        raise ValueError(
+            f"{' '.join(given)} contradicts {out}, which was trained on synthetic worms only "
+            f"(no --data); drop {flags} to resume it, or start a new run (--base {out} and "
+            "another --out) to train on data"
+        )
 
 
 def _checkpoint_to_resume(args: argparse.Namespace):
@@ -296,6 +334,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--folds K and --fold I go together")
     if args.folds is not None and not 0 <= args.fold < args.folds:
         raise ValueError(f"--fold must be in 0..{args.folds - 1}, got {args.fold}")
+    if args.folds is not None and args.val_wells:
+        # checked before any data is read: each fold would drop the val wells altogether
+        raise ValueError(
+            "--folds makes its own validation wells (each fold holds out its share of the "
+            "wells); drop --val-wells, or drop --folds and --fold to validate on --val-wells"
+        )
     model, recipe = _settings(args)
     if args.data is None and recipe["synthetic_fraction"] < 1.0:
         raise ValueError("--data is required unless --synthetic 1.0 (synthetic worms only)")
@@ -319,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         base=recipe["base"],
         train_heads_only=recipe["train_heads_only"],
-        amp=not args.no_amp,
+        amp=recipe["amp"],
         device=args.device,
         seed=recipe["seed"],
         time_budget_s=args.time_budget,

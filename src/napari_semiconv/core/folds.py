@@ -22,8 +22,18 @@ def fold_config(config: TrainConfig, k: int, fold: int) -> TrainConfig:
 
     Wells are grouped so no well is split across folds (``core.training_data.kfold_split``);
     ``out`` becomes ``<stem>.fold<i>.pt``.
+
+    Raises:
+        ValueError: ``config`` has ``val_wells`` or ``val_samples`` (a fold has its own).
     """
     config.check()
+    if config.val_wells or config.val_samples:
+        # a fold validates on its held-out wells; load_samples would take the given validation
+        # wells out of training too, so they would be in neither set of any fold
+        raise ValueError(
+            "k-fold cross-validation makes its own validation wells (each fold holds out its "
+            "share); leave val_wells and val_samples empty"
+        )
     samples = config.samples or load_samples(config)[0]
     train_samples, val_samples = kfold_split(samples, k, fold, seed=config.seed)
     out = str(fold_path(config.out, fold)) if config.out else None

@@ -12,6 +12,8 @@ for torchvision's widths).
 from __future__ import annotations
 
 import dataclasses
+import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,3 +191,55 @@ class ModelConfig:
                 "napari-semiconv; upgrade it"
             )
         return cls(**d)
+
+
+# how a message names the type a setting's text must have
+_NAMES = {int: "integer", float: "number"}
+
+
+def setting_names() -> list[str]:
+    """The names of a ModelConfig's settings, sorted (what ``KEY=VALUE`` options may set)."""
+    return sorted(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def setting_from_text(key: str, text: str) -> Any:
+    """The value of setting ``key`` written as ``text`` (a command line's ``KEY=VALUE``), of
+    the setting's type: ``256``, ``0.1``, ``true``, ``group``, ``16,32,64,128,256``.
+
+    Only the type is checked here; ``ModelConfig`` checks the range.
+
+    Raises:
+        ValueError: ``key`` is no setting, or ``text`` is not of its type (the message says
+            which type was expected, for the caller to prefix with where ``text`` came from).
+    """
+    if key not in setting_names():
+        raise ValueError(f"no such model setting; valid keys: {', '.join(setting_names())}")
+    kind = typing.get_type_hints(ModelConfig)[key]
+    text = text.strip()
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    if kind in (int, float):
+        return _number(text, kind)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        # a JSON list or plain commas: "[16, 32]" and "16,32" alike
+        parts = [p for p in text.strip("[]()").split(",") if p.strip()]
+        if not parts:
+            raise ValueError(f"expected {_NAMES[item]}s separated by commas, got {text!r}")
+        return tuple(_number(p.strip(), item, plural=True) for p in parts)
+    try:  # a string, quoted or bare: "group" and group alike
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, str) else text
+
+
+def _number(text: str, kind: type, plural: bool = False) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        article = "" if plural else ("an " if kind is int else "a ")
+        expected = f"{_NAMES[kind]}s separated by commas" if plural else _NAMES[kind]
+        raise ValueError(f"expected {article}{expected}, got {text!r}") from None
