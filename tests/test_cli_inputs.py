@@ -205,6 +205,10 @@ def test_predict_says_a_folder_given_as_an_image_is_a_folder(tiny, tmp_path, cap
         (["--overlap", "-5"], "--overlap must be 0 or more pixels, got -5"),
         (["--tile-size", "8"], "--tile-size must be at least 32 pixels, got 8"),
         (["--rescale", "20"], "--rescale must be between 0.1 and 10"),
+        (
+            ["--tile-size", "64", "--overlap", "32"],
+            "--overlap must be under half the tile size (--tile-size 64), got 32",
+        ),
     ],
 )
 def test_predict_names_the_flag_of_a_bad_value_before_any_image(
@@ -217,6 +221,42 @@ def test_predict_names_the_flag_of_a_bad_value_before_any_image(
     err = capsys.readouterr().err
     assert message in err and "bf.tif" not in err, err
     assert not out.exists()
+
+
+def test_a_small_tile_size_alone_takes_a_smaller_overlap_as_the_widget_does(tiny, tmp_path, capsys):
+    # --tile-size 100 failed on the image with "overlap must be in [0, 50), got 64"
+    image = np.zeros((160, 200), np.uint8)
+    image[40:48, 20:180] = 255
+    tifffile.imwrite(tmp_path / "wide.tif", image)
+    argv = ["predict", str(tmp_path / "wide.tif"), "--model", str(tiny), "--tile-size", "100"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "wide_run.json").read_text())
+    assert record["settings"]["tile_size"] == 100 and record["settings"]["overlap"] == 49
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_folders_dataset(folder, (160, 200), 1, 0, "w")
+    evaluate = ["evaluate", "--model", str(tiny), "--data", str(folder), "--layout", "folders"]
+    assert main([*evaluate, "--tile-size", "100"]) == 0
+    assert main([*evaluate, "--tile-size", "100", "--overlap", "50"]) == 2
+    assert "--overlap must be 0 or more and under half --tile-size 100" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ('{"model": "worms-binary"}', "its 'model' is a JSON str, not an object"),
+        ('{"model": {"name": "worms-binary"}, "settings": [1, 2]}', "its 'settings' is a JSON"),
+    ],
+)
+def test_a_malformed_run_record_is_named_not_a_traceback(tmp_path, capsys, record, message):
+    images = _images(tmp_path / "in", "a")
+    (tmp_path / "r.json").write_text(record)
+    argv = ["predict", *images, "--from-run", str(tmp_path / "r.json"), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    argv[3] = str(tmp_path / "missing.json")
+    assert main(argv) == 2
+    assert "missing.json: no such run record" in capsys.readouterr().err
 
 
 def test_predict_names_a_bad_setting_of_a_run_record(tiny, tmp_path, capsys):
@@ -321,22 +361,39 @@ def _main_catching_ctrl_c(argv: list[str]) -> int:
         pytest.fail("Ctrl-C escaped main() as a traceback")
 
 
-def test_ctrl_c_ends_in_one_line_and_exit_130_without_partial_output(
+def test_ctrl_c_ends_in_one_line_saying_what_is_kept_and_the_batch_goes_on(
     tiny, tmp_path, monkeypatch, capsys
 ):
     from napari_semiconv.core import inference
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    real, calls = inference.segment, []
 
-    monkeypatch.setattr(inference, "segment", interrupted)
-    images = _images(tmp_path / "in", "a")
+    def interrupted_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "segment", interrupted_at_the_second)
+    images = _images(tmp_path / "in", "a", "b")
     out = tmp_path / "out"
-    code = _main_catching_ctrl_c(["predict", *images, "--model", str(tiny), "--out", str(out)])
-    assert code == 130
-    err = capsys.readouterr().err
-    assert err == "napari-semiconv predict: interrupted; no partial output was left\n"
-    assert not out.exists()
+    argv = ["predict", *images, "--model", str(tiny), "--out", str(out)]
+    assert _main_catching_ctrl_c(argv) == 130
+    last = capsys.readouterr().err.splitlines()[-1]  # after the tiny model's warning lines
+    # it said "no partial output was left" while a's four files stayed and blocked a re-run
+    assert last.startswith("napari-semiconv predict: interrupted; the images done have their")
+    assert "--skip-existing" in last
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_names("a"))
+    monkeypatch.setattr(inference, "segment", real)
+    assert main(argv) == 2 and "--skip-existing goes on" in capsys.readouterr().err
+    assert main([*argv, "--skip-existing"]) == 0
+    printed = capsys.readouterr().out
+    assert "a.tif: outputs exist, skipped" in printed and "[2/2]" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_names("a") + output_names("b"))
+
+
+def output_names(stem: str) -> list[str]:
+    return [p.name for p in output_paths(Path("."), stem).values()]
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=100,
         help="with --dots: training steps per embedding (default 100); ignored otherwise",
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, interrupted_note="the unfinished run folder was removed")
     return p
 
 

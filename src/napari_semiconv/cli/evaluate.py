@@ -43,6 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
     p.add_argument(
+        "--overlap",
+        type=int,
+        help="tile overlap in pixels, under half the tile size (default 64, less for tiles "
+        "under 130 px)",
+    )
+    p.add_argument(
         "--views",
         type=int,
         default=1,
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.evaluation import evaluate
     from napari_semiconv.core.inference import load_model, segment
     from napari_semiconv.core.model.run_modes import check_foreground_cut
+    from napari_semiconv.core.tiling import default_overlap
     from napari_semiconv.core.training_data import read_samples
 
     model = load_model(args.model, device=args.device)
@@ -77,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
             f"drop --input or pass --input {mode}"
         )
     check_foreground_cut(model, args.foreground_threshold)  # before reading any data
+    overlap = default_overlap(args.tile_size) if args.overlap is None else args.overlap
+    if args.tile_size is not None and args.tile_size < 32:
+        raise ValueError(f"--tile-size must be at least 32 pixels, got {args.tile_size}")
+    if args.tile_size is not None and not 0 <= overlap < args.tile_size / 2:
+        raise ValueError(
+            f"--overlap must be 0 or more and under half --tile-size {args.tile_size}, "
+            f"got {overlap}"
+        )
     samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
     predictions = []
     for i, sample in enumerate(samples):
@@ -90,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 use_foreground=args.use_foreground,
                 divide_touching=args.divide_touching,
                 tile_size=args.tile_size,
+                overlap=overlap,
                 views=args.views,
                 foreground_threshold=args.foreground_threshold,
                 preprocessed=True,

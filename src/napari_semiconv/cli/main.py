@@ -54,11 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # Ctrl-C: every file is written atomically (complete or absent) and an unfinished demo
-        # run folder is removed, so one line says so instead of a traceback from inside torch
-        print(
-            f"napari-semiconv {args.command}: interrupted; no partial output was left",
-            file=sys.stderr,
-        )
+        # run folder is removed, so one line says what is kept instead of a traceback
+        kept = getattr(args, "interrupted_note", "no half-written file was left")
+        print(f"napari-semiconv {args.command}: interrupted; {kept}", file=sys.stderr)
         return 130
 
 

@@ -32,7 +32,7 @@ DEFAULTS = {
     "use_foreground": True,
     "divide_touching": True,
     "tile_size": None,
-    "overlap": 64,
+    "overlap": None,  # core.tiling.default_overlap of the tile size
     "batch_size": 1,
     "views": 1,
     "rescale": 1.0,
@@ -85,7 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "that several worms or none claim in their foreground blob goes to one worm)",
     )
     p.add_argument("--tile-size", type=int, help="tile side in pixels (default: automatic)")
-    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 64)")
+    p.add_argument(
+        "--overlap",
+        type=int,
+        help="tile overlap in pixels, under half the tile size (default 64, less for tiles "
+        "under 130 px)",
+    )
     p.add_argument(
         "--views",
         type=int,
@@ -101,7 +106,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "keep the image's size; default 1)",
     )
     p.add_argument("--from-run", metavar="RUN.json", help="replay the model + settings of a run")
-    p.set_defaults(run=run)
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip the images whose four outputs are in --out already (go on with a batch "
+        "that was interrupted); without it any existing output refuses the whole batch",
+    )
+    p.set_defaults(
+        run=run,
+        interrupted_note="the images done have their four files, complete; add --skip-existing "
+        "to the same command to go on with the others",
+    )
     return p
 
 
@@ -120,6 +135,23 @@ def read_image(path: str | Path) -> np.ndarray:
     from napari_semiconv.core.data.folders import read_image as read_pixels
 
     return read_pixels(check_image_path(path))
+
+
+def _read_record(path: str) -> dict:
+    """The run record ``--from-run`` names, its "model" and "settings" checked to be objects
+    (a hand-edited record gave an AttributeError; settings [1, 2] replayed as an old run)."""
+    from napari_semiconv.core.export import read_run_json
+
+    if Path(path).is_dir() or not Path(path).is_file():
+        raise FileNotFoundError(f"--from-run {path}: no such run record (a *_run.json file)")
+    record = read_run_json(path)
+    for key in ("model", "settings"):
+        if key in record and not isinstance(record[key], dict):
+            raise ValueError(
+                f"--from-run {path}: its {key!r} is a JSON {type(record[key]).__name__}, not "
+                "an object; is this a run record written by napari-semiconv?"
+            )
+    return record
 
 
 def _model_from_run(record: dict, device: str):
@@ -141,17 +173,14 @@ def _model_from_run(record: dict, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_semiconv.core.export import (
-        read_run_json,
-        read_tiff_pixel_size,
-        write_run_outputs,
-    )
+    from napari_semiconv.core.export import read_tiff_pixel_size, write_run_outputs
     from napari_semiconv.core.inference import load_model, run_info, segment
     from napari_semiconv.core.model.run_modes import check_foreground_cut
+    from napari_semiconv.core.tiling import default_overlap
 
     settings = dict(DEFAULTS)
     if args.from_run:
-        record = read_run_json(args.from_run)
+        record = _read_record(args.from_run)
         recorded = record.get("settings") or {}
         settings.update({k: recorded[k] for k in DEFAULTS if k in recorded})
         if "max_overlap" not in recorded:
@@ -190,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         settings["foreground_threshold"] = None  # a cascade's record replayed with another model
     elif settings["foreground_threshold"] is None:
         settings["foreground_threshold"] = model.config.foreground_threshold
+    if settings["overlap"] is None:  # the GUI's rule: 64 px, less for small tiles
+        settings["overlap"] = default_overlap(settings["tile_size"])
     # before any image is read (a cut given for a model without a U-Net is refused here)
     check_foreground_cut(model, settings["foreground_threshold"], "--foreground-threshold")
     _check_settings(
@@ -199,8 +230,12 @@ def run(args: argparse.Namespace) -> int:
     stems = [check_image_path(p).stem for p in args.images]
     if len(set(stems)) != len(stems):
         raise ValueError("two images share a file stem; their outputs would collide")
-    _check_outputs(out, stems)  # a batch is refused whole, not half-way through
+    # a batch is refused whole, not half-way through
+    done = _check_outputs(out, stems, args.skip_existing)
     for i, image_path in enumerate(args.images):
+        if Path(image_path).stem in done:
+            print(f"[{i + 1}/{len(args.images)}] {image_path}: outputs exist, skipped", flush=True)
+            continue
         image = read_image(image_path)  # a read error names the file already
         try:
             instances, notes = noting_runtime_warnings(
@@ -249,6 +284,11 @@ def _check_settings(settings: dict, given: set[str]) -> None:
         raise ValueError(f"{name('tile_size')} must be at least 32 pixels, got {tile}")
     if int(overlap) < 0:  # the core looks at it only when an image is tiled
         raise ValueError(f"{name('overlap')} must be 0 or more pixels, got {overlap}")
+    if tile is not None and int(overlap) >= int(tile) / 2:
+        raise ValueError(
+            f"{name('overlap')} must be under half the tile size ({name('tile_size')} {tile}), "
+            f"got {overlap}"
+        )
     try:
         views_of(settings["views"])
     except ValueError as exc:
@@ -256,19 +296,26 @@ def _check_settings(settings: dict, given: set[str]) -> None:
     check_rescale(settings["rescale"], name("rescale"))
 
 
-def _check_outputs(out: Path, stems: list[str]) -> None:
-    """Refuse a --out that cannot be a folder, or any output that exists, before any work."""
-    from napari_semiconv.core.export import existing_outputs
+def _check_outputs(out: Path, stems: list[str], skip_existing: bool = False) -> set[str]:
+    """Refuse a --out that cannot be a folder, or any output that exists, before any work.
+    ``skip_existing``: the stems whose four outputs all exist are returned, to be skipped (a
+    batch interrupted half-way goes on); only some of the four existing is still refused."""
+    from napari_semiconv.core.export import existing_outputs, output_paths
 
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     above = next(p for p in (out, *out.parents) if p.exists())  # where --out would be created
     if not above.is_dir():
         raise NotADirectoryError(f"cannot create --out {out}: {above} is a file, not a folder")
-    existing = [str(p) for p in existing_outputs(out, stems)]
+    done: set[str] = set()
+    if skip_existing:
+        done = {s for s in stems if all(p.exists() for p in output_paths(out, s).values())}
+    existing = [str(p) for p in existing_outputs(out, [s for s in stems if s not in done])]
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise FileExistsError(
             f"refusing to overwrite existing output(s): {', '.join(existing[:3])}{more}; "
             "choose another --out folder or remove them"
+            + ("" if skip_existing else " (--skip-existing goes on with the images without)")
         )
+    return done

@@ -75,7 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=0,
         help="processes preparing the next batches while one trains (GPU runs; default 0)",
     )
-    p.set_defaults(run=run)
+    p.set_defaults(
+        run=run,
+        interrupted_note="the last checkpoint saved (if any) is kept whole; add --resume to the "
+        "same command to go on from it",
+    )
     return p
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "Candidate",
     "SoftMask",
     "Tile",
+    "DEFAULT_OVERLAP",
     "crop_on_window",
+    "default_overlap",
     "merge_candidates",
     "merge_candidates_soft",
     "tile_grid",
@@ -127,6 +129,19 @@ def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
         hi = length if i == len(starts) - 1 else (starts[i + 1] + s + tile) // 2
         cores.append((lo, hi))
     return cores
+
+
+#: overlap of neighbouring tiles in pixels (at least a worm's width; recorded in a run's JSON)
+DEFAULT_OVERLAP = 64
+
+
+def default_overlap(tile_size: int | None) -> int:
+    """The overlap for a tile size: DEFAULT_OVERLAP, less for tiles under 130 px, since
+    :func:`tile_grid` needs overlap < tile_size / 2 (the widget has no overlap field, and
+    ``predict --tile-size 100`` alone failed on "overlap must be in [0, 50)")."""
+    if tile_size is None:
+        return DEFAULT_OVERLAP
+    return max(0, min(DEFAULT_OVERLAP, (int(tile_size) - 1) // 2))
 
 
 def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:

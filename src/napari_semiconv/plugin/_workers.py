@@ -15,18 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.tiling import default_overlap
 from ..core.visualise import LayerViews, build_views, iter_planes, leading_shape
-
-#: overlap of neighbouring tiles in pixels (the core's default; recorded in the run JSON)
-OVERLAP = 64
-
-
-def tile_overlap(tile_size: int | None) -> int:
-    """The overlap for a tile size: ``OVERLAP``, less for tiles under 130 px, since the core
-    needs overlap < tile_size / 2 (the widget has no overlap field for the user to fix)."""
-    if tile_size is None:
-        return OVERLAP
-    return max(0, min(OVERLAP, (int(tile_size) - 1) // 2))
 
 
 @dataclass(frozen=True)
@@ -150,7 +140,7 @@ def _run(request: RunRequest, cache: ModelCache) -> Generator[RunUpdate, None, R
         "foreground_threshold": request.foreground_threshold,
         "divide_touching": True,  # recorded: `predict --from-run` replays older runs without it
         "tile_size": request.tile_size,
-        "overlap": tile_overlap(request.tile_size),
+        "overlap": default_overlap(request.tile_size),
         "views": request.views,
         "rescale": request.rescale,
     }
