@@ -427,6 +427,27 @@ def test_channels_and_rgb(qtbot, widget):
     assert viewer.layers["colour worms"].data.shape == (96, 144)
 
 
+def test_the_channel_choice_follows_a_changed_layer_and_a_multiscale_image(qtbot, widget):
+    viewer = widget.viewer
+    three = np.stack([np.zeros((96, 112), np.uint16), _worm_image(96, 112), _worm_image(96, 112)])
+    layer = viewer.add_image(three, name="img")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("img"))
+    widget.channel_combo.setCurrentIndex(1)
+    # the layer's data replaced by one plane: the stale list made Segment fail on "(112,)"
+    layer.data = _worm_image(96, 112)
+    assert not widget.channel_combo.isVisibleTo(widget)
+    _run(qtbot, widget)
+    assert viewer.layers["img worms"].data.shape == (96, 112)
+    # a 3-channel pyramid gets the same choice as the same data flat (it was 3 planes)
+    pyramid = viewer.add_image([three, three[:, ::2, ::2]], multiscale=True, name="pyramid")
+    assert pyramid.multiscale
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("pyramid"))
+    assert widget.channel_combo.isVisibleTo(widget) and widget.channel_combo.count() == 4
+    widget.channel_combo.setCurrentIndex(1)
+    _run(qtbot, widget)
+    assert viewer.layers["pyramid worms"].data.shape == (96, 112)
+
+
 def test_clear_messages_and_no_half_made_layers(qtbot, widget):
     viewer = widget.viewer
     n_records = len(_errors())

@@ -127,6 +127,22 @@ def test_damaged_entries_are_skipped_one_by_one(make_napari_viewer):
     assert set(w.restored) == {"model", "max_overlap"}
 
 
+def test_a_tile_size_under_32_is_neither_restored_nor_run(make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    _settings_file().parent.mkdir(parents=True, exist_ok=True)
+    _settings_file().write_text(json.dumps({"model": "worms-binary", "tile_size": 5}))
+    w = _widget(make_napari_viewer)
+    assert "tile_size" not in w.restored and w.tile_spin.value() == 0  # auto
+    w.viewer.add_image(np.zeros((64, 64), np.uint8), name="plate")
+    w.refresh_images()
+    w.tile_spin.setValue(5)  # typed: refused before the model loads, not after
+    start = len(notification_manager.records)
+    assert w.segment() is None and not w.running
+    said = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("Tile size 5 is too small" in m for m in said)
+
+
 @pytest.mark.parametrize(
     "model", ["/tmp/" + "x" * 300 + ".pt", "/tmp/a\x00b.pt"], ids=["name too long", "NUL byte"]
 )

@@ -100,7 +100,7 @@ def _plane_shape(image: np.ndarray, what: str) -> tuple[int, int]:
         return image.shape[:2]
     raise ValueError(
         f"{what} has shape {image.shape}; fine-tuning takes 2-D images (H, W) or RGB (H, W, 3): "
-        "for a stack, pick one plane (e.g. Image > Duplicate the current slice)"
+        "for a stack, pick one plane (in napari: right-click the layer > Split Stack)"
     )
 
 

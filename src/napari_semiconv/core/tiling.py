@@ -46,6 +46,7 @@ __all__ = [
     "SoftMask",
     "Tile",
     "DEFAULT_OVERLAP",
+    "MIN_TILE_SIZE",
     "crop_on_window",
     "default_overlap",
     "merge_candidates",
@@ -131,6 +132,8 @@ def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
     return cores
 
 
+#: the smallest tile side in pixels (a worm is ~10 px wide, and the network downsamples by 32)
+MIN_TILE_SIZE = 32
 #: overlap of neighbouring tiles in pixels (at least a worm's width; recorded in a run's JSON)
 DEFAULT_OVERLAP = 64
 
@@ -150,8 +153,8 @@ def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Til
     Raises:
         ValueError: ``tile_size`` < 32 or ``overlap`` not in [0, tile_size / 2).
     """
-    if tile_size < 32:
-        raise ValueError(f"tile_size must be at least 32 pixels, got {tile_size}")
+    if tile_size < MIN_TILE_SIZE:
+        raise ValueError(f"tile_size must be at least {MIN_TILE_SIZE} pixels, got {tile_size}")
     if height <= tile_size and width <= tile_size:
         return [Tile(0, height, 0, width, 0, height, 0, width)]  # one tile: no overlap needed
     if not 0 <= overlap < tile_size / 2:

@@ -53,7 +53,7 @@ class ImagePicker:
             "or treat the axis as a stack of planes."
         )
         self.channel_axis: int | None = None
-        self._built_for: Any = None  # the layer the channel list was built for
+        self._built_for: Any = None  # (layer, shape, rgb) the channel list was built for
 
     def refresh(self, *_: Any) -> None:
         """List the viewer's image layers, keeping the current choice when it still exists."""
@@ -68,6 +68,7 @@ class ImagePicker:
         ]
         for layer in images:  # keep the names in the list current (connect is idempotent)
             layer.events.name.connect(self._rename)
+            layer.events.data.connect(self._changed)  # and the channels, if its shape changes
         if current not in images:
             active = self.viewer.layers.selection.active
             current = active if active in images else (images[0] if images else None)
@@ -98,16 +99,20 @@ class ImagePicker:
         from ..core.visualise import channel_axis_candidate
 
         layer = self.layer()
-        if layer is self._built_for and layer is not None:
-            return  # same image (layers were only added or moved): keep the channel choice
-        self._built_for = layer
+        # a multiscale image is segmented at its full resolution, level 0
+        shape = None if layer is None else tuple(_full_resolution(layer).shape)
+        built = (layer, shape, None if layer is None else bool(layer.rgb))
+        last = self._built_for
+        if layer is not None and last is not None and last[0] is layer and last[1:] == built[1:]:
+            return  # same image, same shape (layers were only added or moved): keep the choice
+        self._built_for = built
         axis = None
-        if layer is not None and not layer.multiscale:
-            axis = channel_axis_candidate(layer.data.shape, layer.rgb)
+        if layer is not None:
+            axis = channel_axis_candidate(shape, layer.rgb)
         self.channel_axis = axis
         self.channel_combo.clear()
         if axis is not None:
-            for c in range(layer.data.shape[axis]):
+            for c in range(shape[axis]):
                 self.channel_combo.addItem(f"channel {c} (axis {axis})", c)
             if axis == 0:  # a leading short axis may be a short Z/T stack instead
                 self.channel_combo.addItem(ALL_PLANES, None)
@@ -230,3 +235,8 @@ def _model_defaults(config: dict | None, card: dict | None) -> dict[str, float] 
         cut = config.get("foreground_threshold", FOREGROUND_THRESHOLD)  # older files: none
         defaults["foreground_threshold"] = float(cut)
     return defaults
+
+
+def _full_resolution(layer: Any) -> Any:
+    """A layer's data at full resolution: level 0 of a multiscale image."""
+    return layer.data[0] if layer.multiscale else layer.data

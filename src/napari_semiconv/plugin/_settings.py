@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.atomic import atomic_write_bytes
+from ..core.tiling import MIN_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.finetune import FineTuneSpec
@@ -115,7 +116,7 @@ def restore_segment(widget: Any, settings: dict[str, Any]) -> list[str]:
     if "tile_size" in settings:  # None: automatic, the spin box's 0
         tile = settings["tile_size"]
         tile = 0 if tile is None else number(settings, "tile_size", 0, widget.tile_spin.maximum())
-        if tile is not None:
+        if tile is not None and (tile == 0 or tile >= MIN_TILE_SIZE):  # 1-31 always fails
             widget.tile_spin.setValue(int(tile))
             done.append("tile_size")
     views = settings.get("views")

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..core.refine import postprocess_defaults
 from ..core.rescale import MAX_RESCALE, MIN_RESCALE
+from ..core.tiling import MIN_TILE_SIZE
 from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
 from ._settings import load_settings, restore_segment, save_settings, segment_snapshot
 from ._threading import worker_for
@@ -255,6 +256,10 @@ class SegmentWidget(QWidget):
         model = self.model_choice()
         if model is None:
             show_error("No model: choose one in the Model list, or Browse… for a checkpoint file.")
+            return None
+        tile = int(self.tile_spin.value())
+        if 0 < tile < MIN_TILE_SIZE:  # refused here, not after the model has loaded
+            show_error(f"Tile size {tile} is too small: choose auto, or {MIN_TILE_SIZE} or more.")
             return None
         data = layer.data[0] if layer.multiscale else layer.data
         axis, channel = self.images.channel()
