@@ -252,6 +252,18 @@ def test_stack_is_segmented_plane_by_plane_and_cancel_leaves_no_layer(qtbot, wid
     assert paths is not None and len(paths) == 12
     assert (tmp_path / "zstack_plane2_labels.tif").is_file()
     assert json.loads((tmp_path / "zstack_plane1_run.json").read_text())["plane"] == [1]
+    # `predict` replays a plane of the stack from its record (it refused the 3-D file)
+    import tifffile
+
+    from napari_semiconv.cli.main import main
+
+    tifffile.imwrite(tmp_path / "zstack.tif", stack)
+    argv = ["predict", str(tmp_path / "zstack.tif"), "--out", str(tmp_path / "replay")]
+    assert main([*argv, "--from-run", str(tmp_path / "zstack_plane1_run.json")]) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "replay" / "zstack_labels.tif"),
+        tifffile.imread(tmp_path / "zstack_plane1_labels.tif"),
+    )
 
 
 def test_results_land_on_the_original_image_after_switching(qtbot, widget):
@@ -405,7 +417,7 @@ def test_outputs_lie_on_a_turned_sheared_image_and_lose_the_turn_with_it(qtbot, 
     )
 
 
-def test_channels_and_rgb(qtbot, widget):
+def test_channels_and_rgb(qtbot, widget, tmp_path):
     viewer = widget.viewer
     two = np.stack([np.zeros((96, 144), np.uint16), _worm_image(96, 144)], axis=-1)
     viewer.add_image(two, name="twochan", rgb=False)
@@ -417,6 +429,19 @@ def test_channels_and_rgb(qtbot, widget):
     assert viewer.layers["twochan worms"].data.shape == (96, 144)
     assert widget.last_result.run_info["image"]["channel"] == 1
     assert widget.last_result.n_worms > 0
+    # `predict` replays the channel the run took from the two-channel file
+    import tifffile
+
+    from napari_semiconv.cli.main import main
+
+    paths = widget.export_to(tmp_path / "twochan")
+    tifffile.imwrite(tmp_path / "twochan.tif", two, photometric="minisblack")
+    argv = ["predict", str(tmp_path / "twochan.tif"), "--out", str(tmp_path / "replay")]
+    assert main([*argv, "--from-run", str(paths["run"])]) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "replay" / "twochan_labels.tif"),
+        tifffile.imread(paths["labels"]),
+    )
 
     grey = _worm_image(96, 144).astype(np.float32) / 1000
     rgb = np.stack([grey, grey, grey], axis=-1)

@@ -154,6 +154,31 @@ def _read_record(path: str) -> dict:
     return record
 
 
+def _recorded_plane(image: np.ndarray, record: dict, path: str) -> np.ndarray:
+    """The plane of ``image`` a run segmented: a Segment widget's run on a stack or a
+    multi-channel image records the channel it took (``image``: ``channel_axis``,
+    ``channel``) and, exported per plane, the plane (``plane``); a 2-D image is itself."""
+    from napari_semiconv.core.visualise import select_channel
+
+    source = record.get("image") if isinstance(record.get("image"), dict) else {}
+    axis, channel, plane = source.get("channel_axis"), source.get("channel"), record.get("plane")
+    if axis is None and plane is None:
+        return image
+    shape = source.get("shape")
+    if shape is not None and list(image.shape) != list(shape):
+        raise ValueError(
+            f"{path} has shape {tuple(image.shape)} but the run segmented an image of shape "
+            f"{tuple(shape)}; replay it on the image the run was made on"
+        )
+    try:
+        image = np.asarray(select_channel(image, axis, channel))
+        if plane is not None:
+            image = image[tuple(int(i) for i in plane)]
+    except (IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"the run record's channel or plane does not fit {path}: {exc}") from exc
+    return image
+
+
 def _model_from_run(record: dict, device: str):
     """Load the run's model, preferring its recorded file and checking its sha256."""
     from napari_semiconv.core.inference import load_model
@@ -237,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i + 1}/{len(args.images)}] {image_path}: outputs exist, skipped", flush=True)
             continue
         image = read_image(image_path)  # a read error names the file already
+        if args.from_run:
+            image = _recorded_plane(image, record, image_path)
         try:
             instances, notes = noting_runtime_warnings(
                 lambda image=image: segment(model, image, **settings)
