@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 from reliability_kit import save_tiny_model
-from toy_worms import toy_worms, write_folders_dataset
+from toy_worms import toy_worms, write_bbbc010_like, write_folders_dataset
 
 from napari_semiconv.cli.main import main
 from napari_semiconv.core.checkpoint import load_checkpoint
@@ -443,22 +442,10 @@ def test_out_naming_a_folder_is_named_as_such_with_or_without_resume(tmp_path, c
     assert list(folder.iterdir()) == []
 
 
-def _bbbc010_like(root: Path, wells: list[str]) -> Path:
-    """A BBBC010-layout folder: two 80 x 80 worm masks per well in eachworm/."""
-    (root / "eachworm").mkdir(parents=True)
-    for k, well in enumerate(wells):
-        _, masks = toy_worms((80, 80), n=2, seed=20 + k)
-        for i, mask in enumerate(masks, start=1):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                root / "eachworm" / f"{well}_{i:02d}_ground_truth.png"
-            )
-    return root
-
-
 def test_resume_takes_the_data_and_wells_from_the_checkpoint(tmp_path, capsys):
     # --resume used the command line's data: without --wells / --val-wells the held-out well
     # A03 went into training, and the card was rewritten to say so.
-    data = _bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
+    data = write_bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
     out = tmp_path / "run.pt"
     code = _quiet(
         ["train", "--data", str(data), "--wells", "A01,A02", "--val-wells", "A03",
@@ -467,7 +454,7 @@ def test_resume_takes_the_data_and_wells_from_the_checkpoint(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0 and load_checkpoint(out).train_state["step"] == 1
     resume = ["train", "--out", str(out), "--resume", "--device", "cpu"]
-    other = _bbbc010_like(tmp_path / "other", ["A01", "A02", "A03"])
+    other = write_bbbc010_like(tmp_path / "other", ["A01", "A02", "A03"])
     for flags, named in (
         (["--wells", "A01,A02,A03"], "--wells"),
         (["--val-wells", "A02"], "--val-wells"),

@@ -9,10 +9,8 @@ import io
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from toy_worms import toy_worms
+from toy_worms import write_bbbc010_like
 
 from napari_semiconv.cli.main import main
 from napari_semiconv.core.checkpoint import load_checkpoint
@@ -100,21 +98,9 @@ def test_a_checkpoints_unknown_keys_still_say_upgrade():
 # --------------------------------------------------------------- --folds with --val-wells (2)
 
 
-def _bbbc010_like(root: Path, wells: list[str]) -> Path:
-    """A BBBC010-layout folder: two 80 x 80 worm masks per well in eachworm/."""
-    (root / "eachworm").mkdir(parents=True)
-    for k, well in enumerate(wells):
-        _, masks = toy_worms((80, 80), n=2, seed=20 + k)
-        for i, mask in enumerate(masks, start=1):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                root / "eachworm" / f"{well}_{i:02d}_ground_truth.png"
-            )
-    return root
-
-
 def test_folds_with_val_wells_is_refused_before_the_data(tmp_path, monkeypatch, capsys):
     _no_data_read(monkeypatch)
-    data = _bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
+    data = write_bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
     out = tmp_path / "cv.pt"
     argv = ["train", "--data", str(data), "--folds", "2", "--fold", "0", "--val-wells", "A03",
             "--iterations", "3", "--device", "cpu", "--out", str(out)]  # fmt: skip
@@ -127,7 +113,7 @@ def test_folds_with_val_wells_is_refused_before_the_data(tmp_path, monkeypatch, 
 def test_fold_config_refuses_val_wells(tmp_path):
     from napari_semiconv.core.training import TrainConfig, fold_config
 
-    data = _bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
+    data = write_bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
     config = TrainConfig(data_root=str(data), val_wells=["A03"], out=str(tmp_path / "cv.pt"))
     with pytest.raises(ValueError, match="makes its own validation wells"):
         fold_config(config, 2, 0)
@@ -198,7 +184,7 @@ def test_resume_refuses_data_for_a_synthetic_only_run(
     stopped_amp, copy_of, tmp_path, flags, monkeypatch, capsys
 ):
     _no_data_read(monkeypatch)
-    data = _bbbc010_like(tmp_path / "bbbc", ["A01", "A02"])
+    data = write_bbbc010_like(tmp_path / "bbbc", ["A01", "A02"])
     out = copy_of(stopped_amp)
     before = out.read_bytes()
     assert main([*_resume(out), *(f.format(data=data) for f in flags)]) == 2

@@ -433,12 +433,18 @@ def test_a_tile_at_the_models_worm_limit_is_said_after_the_run(qtbot, widget):
     viewer = widget.viewer
     viewer.add_image(_image(), name="plate")
     widget.refresh_images()
+    said = _segment_noting(qtbot, widget)
+    assert "limit per tile" in widget.result_label.text()
+    assert any("limit per tile" in m for m in said)
+
+
+def _segment_noting(qtbot, widget) -> list[str]:
+    """Segment, wait, and return the messages the run showed (none of them a traceback)."""
     start = len(_messages())
     widget.segment()
     _idle(qtbot, widget)
-    assert "limit per tile" in widget.result_label.text()
-    assert any("limit per tile" in m for m in _new_messages(start))
     _no_tracebacks(start)
+    return _new_messages(start)
 
 
 def test_an_inverted_image_is_said_after_the_run(qtbot, widget, bbbc010_root):
@@ -451,10 +457,7 @@ def test_an_inverted_image_is_said_after_the_run(qtbot, widget, bbbc010_root):
     widget.refresh_images()
     widget.image_combo.setCurrentIndex(widget.image_combo.findText("inverted"))
     assert widget.set_model("worms-brightfield")
-    start = len(_messages())
-    widget.segment()
-    _idle(qtbot, widget)
+    said = _segment_noting(qtbot, widget)
     assert "smaller than the worms this model learnt" in widget.result_label.text()
-    assert any("may be inverted" in m for m in _new_messages(start))
-    _no_tracebacks(start)
+    assert any("may be inverted" in m for m in said)
     assert "inverted worms" in viewer.layers  # a word, not a refusal

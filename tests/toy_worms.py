@@ -61,6 +61,21 @@ def write_folders_dataset(
     return root
 
 
+def write_bbbc010_like(root: Path, wells: list[str]) -> Path:
+    """A BBBC010-layout folder: two 80 x 80 worm masks per well in eachworm/ (no images: the
+    binary input is the masks' union)."""
+    from PIL import Image
+
+    (root / "eachworm").mkdir(parents=True)
+    for k, well in enumerate(wells):
+        _, masks = toy_worms((80, 80), n=2, seed=20 + k)
+        for i, mask in enumerate(masks, start=1):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                root / "eachworm" / f"{well}_{i:02d}_ground_truth.png"
+            )
+    return root
+
+
 def run_steps(steps) -> tuple[list, object]:
     """Drain a generator such as ``segment_steps``: (the events it yielded, its return value)."""
     events = []
