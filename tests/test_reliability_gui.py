@@ -438,6 +438,20 @@ def test_a_tile_at_the_models_worm_limit_is_said_after_the_run(qtbot, widget):
     assert any("limit per tile" in m for m in said)
 
 
+def test_a_long_stacks_warnings_are_said_once_with_a_count(qtbot, widget):
+    # every plane at the tile limit: 6 planes gave 6 notifications and 6 lines, or more
+    from napari_semiconv.plugin.segment_widget import MAX_NOTES
+
+    viewer = widget.viewer
+    viewer.add_image(np.stack([_image(seed=s) for s in range(6)]), name="stack")
+    widget.refresh_images()
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("stack"))
+    said = _segment_noting(qtbot, widget)
+    assert len(widget.last_result.warnings) >= 6
+    assert len(said) == MAX_NOTES + 1 and "more warnings like these" in said[-1]
+    assert widget.result_label.text().count("plane ") == MAX_NOTES
+
+
 def _segment_noting(qtbot, widget) -> list[str]:
     """Segment, wait, and return the messages the run showed (none of them a traceback)."""
     start = len(_messages())

@@ -54,6 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+#: warnings of one run shown after it (a stack's planes may each have one)
+MAX_NOTES = 3
+
 
 class SegmentWidget(QWidget):
     """Segment worms in an image layer with a semi-convolutional Mask R-CNN."""
@@ -357,7 +360,12 @@ class SegmentWidget(QWidget):
         if shown["labels"].name != usual:  # the usual layer holds the user's edits: kept
             text += f"\n{usual!r} was edited, so it was kept; the new worms are in "
             text += f"{shown['labels'].name!r}."
-        for note in result.warnings:  # shown after the run, not only as a passing progress line
+        # shown after the run, not only as a passing progress line; a long stack's planes may
+        # each have one: the first few, then how many more
+        notes = result.warnings[:MAX_NOTES]
+        if len(result.warnings) > MAX_NOTES:
+            notes.append(f"… and {len(result.warnings) - MAX_NOTES} more warnings like these")
+        for note in notes:
             show_warning(note)
             text += f"\n{note}"
         self.result_label.setText(text)
