@@ -55,3 +55,30 @@ def test_a_layer_of_another_shape_or_with_odd_values_is_refused():
         apply_label_edits(masks, scores, np.full((30, 40), 0.5))
     nothing = apply_label_edits(masks, scores, np.zeros((30, 40), np.uint8))
     assert nothing.masks.shape == (0, 30, 40) and nothing.summary()["removed"] == [1, 2, 3]
+
+
+def test_a_stack_planes_labels_are_read_past_the_worms_before_it():
+    # plane 1 of a stack layer numbers its worms on from plane 0's: untouched, it was read as
+    # three new worms of score 1.0 and three removed
+    masks, scores = _run()
+    labels = labels_from_instances(masks, scores)
+    layer_plane = np.where(labels > 0, labels + 5, 0)  # five worms in the planes before
+    edited = apply_label_edits(masks, scores, layer_plane, offset=5)
+    np.testing.assert_array_equal(edited.masks, masks)
+    np.testing.assert_array_equal(edited.scores, scores)
+    assert edited.summary() == {"changed": [], "added": [], "removed": []}
+    layer_plane[0, 0] = 2  # a value of an earlier plane's range, painted here: a new worm
+    assert apply_label_edits(masks, scores, layer_plane, offset=5).summary()["added"] == [2]
+
+
+def test_a_worm_wholly_under_others_is_kept_through_an_edit_elsewhere():
+    masks, scores = _run()
+    masks[1] = False
+    masks[1, 10:13, 5:9] = True  # wholly under worm 0: no pixel of label 2 is shown
+    labels = labels_from_instances(masks, scores)
+    assert not (labels == 2).any()
+    labels[25:27, 2:6] = 3  # worm 2 painted on: an edit elsewhere
+    edited = apply_label_edits(masks, scores, labels)
+    assert len(edited.masks) == 3  # it dropped the hidden worm without a word
+    np.testing.assert_array_equal(edited.masks[1], masks[1])
+    assert edited.summary() == {"changed": [3], "added": [], "removed": []}

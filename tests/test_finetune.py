@@ -172,9 +172,10 @@ def test_output_path_is_unique_in_the_user_model_folder(model_dir):
     (model_dir / "base-model-finetuned-2.pt").write_bytes(b"taken")
     spec.name = "base-model-finetuned-2"
     assert output_path(spec) == model_dir / "base-model-finetuned-3.pt"
-    spec.name = "exp-20241105"  # a date is part of the name
-    (model_dir / "exp-20241105.pt").write_bytes(b"taken")
-    assert output_path(spec) == model_dir / "exp-20241105-2.pt"
+    for date in ("exp-20241105", "worms-2024-05-01", "worms-2024-05-12", "run-007"):
+        spec.name = date  # a date or a number is part of the name
+        (model_dir / f"{date}.pt").write_bytes(b"taken")
+        assert output_path(spec) == model_dir / f"{date}-2.pt"
     spec.resume, spec.name = True, "base-model-finetuned"
     assert output_path(spec) == first
     assert safe_name("my worms / v2!") == "my-worms-v2"

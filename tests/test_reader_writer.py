@@ -255,3 +255,12 @@ def test_an_exported_label_image_opens_as_labels_with_its_measurements(tmp_path)
     np.testing.assert_array_equal(meta["features"]["index"], [1, 2, 3])  # all three rows
     np.testing.assert_allclose(meta["features"]["score"], [0.9, 0.5, 0.8])
     np.testing.assert_allclose(meta["scale"], (2.0, 2.0))
+    # re-saved with a label the table does not have: said in a label image's words
+    relabelled = tifffile.imread(paths["labels"])
+    relabelled[relabelled == 3] = 5
+    tifffile.imwrite(paths["labels"], relabelled)
+    with pytest.warns(
+        UserWarning, match=r"labels 1\.\.3 do not cover the image's labels \(up to 5"
+    ):
+        ((data, meta, _),) = reader(str(paths["labels"]))
+    assert "features" not in meta

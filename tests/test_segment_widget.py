@@ -247,14 +247,27 @@ def test_stack_is_segmented_plane_by_plane_and_cancel_leaves_no_layer(qtbot, wid
         shown = set(np.unique(labels.data[plane])) - {0}
         assert shown <= set(features["index"][features["plane_0"] == plane])
 
-    # a stack exports one set of four files per plane
+    import tifffile
+
+    # a stack exports one set of four files per plane; a correction in plane 0 changes plane 0
+    # only (plane 1's worms, numbered on from plane 0's in the layer, were all taken for new)
+    labels.data[0, 0, 0] = labels.data.max() + 1
+    labels.data = labels.data.copy()
     paths = widget.export_to(tmp_path / "zstack")
     assert paths is not None and len(paths) == 12
     assert (tmp_path / "zstack_plane2_labels.tif").is_file()
-    assert json.loads((tmp_path / "zstack_plane1_run.json").read_text())["plane"] == [1]
+    record = json.loads((tmp_path / "zstack_plane1_run.json").read_text())
+    assert record["plane"] == [1]
+    assert record["edited"] == {
+        "layer": "zstack worms", "changed": [], "added": [], "removed": []
+    }  # fmt: skip
+    run_plane1 = widget.last_result.planes[1][1]
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "zstack_plane1_instances.tif").astype(bool),
+        run_plane1.masks.reshape(-1, *run_plane1.masks.shape[1:]),
+    )
+    assert len(json.loads((tmp_path / "zstack_plane0_run.json").read_text())["edited"]["added"])
     # `predict` replays a plane of the stack from its record (it refused the 3-D file)
-    import tifffile
-
     from napari_semiconv.cli.main import main
 
     tifffile.imwrite(tmp_path / "zstack.tif", stack)

@@ -34,9 +34,16 @@ class EditedWorms:
         return {"changed": self.changed, "added": self.added, "removed": self.removed}
 
 
-def apply_label_edits(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> EditedWorms:
+def apply_label_edits(
+    masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, offset: int = 0
+) -> EditedWorms:
     """The worms of a run (``masks`` (N, H, W), ``scores`` (N,)) after edits to their label
     image: ``labels`` (H, W) is what the user's layer holds now (see the module doc).
+
+    ``offset``: worm k is label ``offset + k + 1`` (a stack's layer numbers its worms on across
+    the planes: plane 1's first worm follows plane 0's last). Other values are new worms. A worm
+    of the run that no pixel showed (wholly under surer ones) cannot have been edited: it is
+    kept whole.
 
     Raises:
         ValueError: ``labels`` is not (H, W) of the masks, or holds negative or fractional values.
@@ -54,27 +61,33 @@ def apply_label_edits(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray)
     if labels.size and labels.min() < 0:
         raise ValueError("the worms layer holds negative values; labels are 0 (background) or more")
     labels = labels.astype(np.int64, copy=False)
-    drawn = labels_from_instances(masks, scores).astype(np.int64)
     n = masks.shape[0]
-    present = [int(v) for v in np.unique(labels) if v != 0]
+    drawn = labels_from_instances(masks, scores).astype(np.int64)
+    drawn[drawn != 0] += offset
+    present = {int(v) for v in np.unique(labels) if v != 0}
+    shown = {int(v) for v in np.unique(drawn) if v != 0}
+    hidden = {offset + k + 1 for k in range(n)} - shown  # no pixel of theirs was visible
     out_masks, out_scores = [], []
     changed, added = [], []
-    for value in present:
+    for value in sorted(present | hidden):
+        k = value - offset - 1  # the run's worm this label was, if 0 <= k < n
+        if value in hidden and value not in present:
+            out_masks.append(masks[k])
+            out_scores.append(float(scores[k]))
+            continue
         now = labels == value
-        if value <= n:
+        if 0 <= k < n:
             if np.array_equal(now, drawn == value):
-                out_masks.append(masks[value - 1])  # untouched: whole, overlaps kept
+                out_masks.append(masks[k])  # untouched: whole, overlaps kept
             else:
                 out_masks.append(now)
                 changed.append(value)
-            out_scores.append(float(scores[value - 1]))
+            out_scores.append(float(scores[k]))
         else:
             out_masks.append(now)
             out_scores.append(1.0)
             added.append(value)
-    kept = set(present)
-    drawn_values = {int(v) for v in np.unique(drawn) if v != 0}
-    removed = sorted(v for v in drawn_values if v not in kept)
+    removed = sorted(shown - present)
     height, width = labels.shape
     stack = np.stack(out_masks) if out_masks else np.zeros((0, height, width), dtype=bool)
     return EditedWorms(stack, np.asarray(out_scores, dtype=float), changed, added, removed)

@@ -186,10 +186,14 @@ def output_path(spec: FineTuneSpec) -> Path:
     if spec.resume:
         return path
     bundled = set(registry())
-    # "v-2" taken goes on to "v-3", not "v-2-2" (the widget shows the name it took, so the
-    # next run starts from it); a longer number (a date) is part of the name
-    numbered = re.fullmatch(r"(.+)-(\d{1,3})", stem)
-    base, k = (numbered.group(1), int(numbered.group(2)) + 1) if numbered else (stem, 2)
+    # "v-2" taken, made from a taken "v", goes on to "v-3", not "v-2-2" (the widget shows the
+    # name it took, so the next run starts from it); other numbers (a date: worms-2024-05-01,
+    # run-007) are part of the name
+    numbered = re.fullmatch(r"(.+)-([1-9]\d{0,2})", stem)
+    if numbered and (folder / f"{numbered.group(1)}.pt").exists():
+        base, k = numbered.group(1), int(numbered.group(2)) + 1
+    else:
+        base, k = stem, 2
     while path.exists() or _data_dir(path).exists() or path.stem in bundled:
         path = folder / f"{base}-{k}.pt"
         k += 1

@@ -245,8 +245,8 @@ def remove_hot_pixels(grey: np.ndarray, lo: float, hi: float) -> int:
 
 
 def _normalise_on_device(grey: np.ndarray, device: object) -> np.ndarray:
-    """:func:`normalise`'s bright-field mapping on a CUDA device: the same float64 arithmetic
-    (the hot pixels' medians from the whole 3×3 neighbourhoods, which is fast there)."""
+    """:func:`normalise`'s bright-field mapping on a CUDA device: the same float64 arithmetic,
+    and the same hot pixels (:func:`_remove_hot_on_device`)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(grey)).to(device).double()
@@ -257,24 +257,45 @@ def _normalise_on_device(grey: np.ndarray, device: object) -> np.ndarray:
         return lo, hi
 
     lo, hi = percentiles()
-    if min(x.shape) >= 2:
-        # quantile(0.5) interpolates the two middle values as np.median does
-        across = (x[:, 1:] - x[:, :-1]).abs().reshape(-1)
-        noise = _NOISE_PER_STEP * float(torch.quantile(across, 0.5))
-        step = _hot_step(lo, hi, noise)
-        if step > 0:
-            padded = torch.nn.functional.pad(x[None, None], (1, 1, 1, 1), mode="replicate")
-            windows = torch.nn.functional.unfold(padded, 3)[0]
-            median = windows.median(dim=0).values.reshape(x.shape)  # 9 values: the middle one
-            hot = (x - median).abs() > step
-            if bool(hot.any()):
-                x = torch.where(hot, median, x)
-                lo, hi = percentiles()
+    if _remove_hot_on_device(x, lo, hi):
+        lo, hi = percentiles()
     span = _span(x, lo, hi)
     if span is None:
         return np.zeros(grey.shape, dtype=np.float32)
     lo, hi = span
     return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0).float().cpu().numpy()
+
+
+def _remove_hot_on_device(x: Any, lo: float, hi: float) -> int:
+    """:func:`remove_hot_pixels` on a torch tensor, step for step (medians only beside a large
+    step, so no 9-values-per-pixel copy of a large image is made on the device)."""
+    import torch
+
+    if min(x.shape) < 2 or _nearly_constant(lo, hi):
+        return 0
+    across = (x[:, 1:] - x[:, :-1]).abs()
+    down = (x[1:] - x[:-1]).abs()
+    floor = HOT_PIXEL_RANGE * (hi - lo)
+    if not bool((across > floor).any()) and not bool((down > floor).any()):
+        return 0
+    # quantile(0.5) interpolates the two middle values as np.median does
+    step = _hot_step(lo, hi, _NOISE_PER_STEP * float(torch.quantile(across.reshape(-1), 0.5)))
+    beside = torch.zeros_like(x, dtype=torch.bool)
+    big = across > step
+    beside[:, 1:] |= big
+    beside[:, :-1] |= big
+    big = down > step
+    beside[1:] |= big
+    beside[:-1] |= big
+    ys, xs = torch.nonzero(beside, as_tuple=True)
+    if ys.numel() == 0:
+        return 0
+    padded = torch.nn.functional.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    windows = torch.stack([padded[ys + dy, xs + dx] for dy in range(3) for dx in range(3)])
+    median = windows.median(dim=0).values  # 9 values: the middle one, as np.median
+    hot = (x[ys, xs] - median).abs() > step
+    x[ys[hot], xs[hot]] = median[hot]
+    return int(hot.sum())
 
 
 # torch.quantile's limit on the number of elements; larger images use the host's percentile.

@@ -50,10 +50,12 @@ def export_result(
     ]
     if edited is not None:
         edited = np.asarray(edited)
-        # each plane's worms after the user's edits, checked before any file is written
+        # each plane's worms after the user's edits, checked before any file is written; the
+        # layer numbers the worms on across planes (core.visualise.build_views)
+        offsets = np.cumsum([0] + [len(found) for _, _, found in jobs])
         jobs = [
-            (name, index, apply_label_edits(found.masks, found.scores, edited[index]))
-            for name, index, found in jobs
+            (name, index, apply_label_edits(found.masks, found.scores, edited[index], offset))
+            for (name, index, found), offset in zip(jobs, offsets.tolist(), strict=False)
         ]
     existing = [
         str(p) for name, _, _ in jobs for p in output_paths(out_dir, name).values() if p.exists()

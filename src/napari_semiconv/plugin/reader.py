@@ -76,11 +76,14 @@ def _features(path: Path, stem: str, n: int, up_to: bool = False) -> dict[str, n
     if up_to and len(rows) >= n:
         n = len(rows)
     if sorted(r["label"] for r in rows) != list(range(1, n + 1)):
-        warnings.warn(
-            f"ignoring {csv_path.name}: its labels do not match the {n} planes of the stack; "
-            "overlaps are resolved by plane order",
-            stacklevel=3,
+        what = (
+            f"its labels 1..{len(rows)} do not cover the image's labels (up to {n}); the "
+            "worms are shown without measurements"
+            if up_to
+            else f"its labels do not match the {n} planes of the stack; overlaps are "
+            "resolved by plane order"
         )
+        warnings.warn(f"ignoring {csv_path.name}: {what}", stacklevel=3)
         return None
     rows = sorted(rows, key=lambda r: r["label"])
     columns = {key: np.array([r[key] for r in rows]) for key in rows[0]}
