@@ -226,14 +226,7 @@ def remove_hot_pixels(grey: np.ndarray, lo: float, hi: float) -> int:
     if not (across > floor).any() and not (down > floor).any():
         return 0
     step = _hot_step(lo, hi, _NOISE_PER_STEP * float(np.median(across)))
-    beside = np.zeros(grey.shape, dtype=bool)
-    big = across > step
-    beside[:, 1:] |= big
-    beside[:, :-1] |= big
-    big = down > step
-    beside[1:] |= big
-    beside[:-1] |= big
-    ys, xs = np.nonzero(beside)
+    ys, xs = np.nonzero(_beside_steps(np.zeros(grey.shape, dtype=bool), across, down, step))
     if ys.size == 0:
         return 0
     padded = np.pad(grey, 1, mode="edge")
@@ -242,6 +235,18 @@ def remove_hot_pixels(grey: np.ndarray, lo: float, hi: float) -> int:
     hot = np.abs(grey[ys, xs] - median) > step
     grey[ys[hot], xs[hot]] = median[hot]
     return int(hot.sum())
+
+
+def _beside_steps(beside: Any, across: Any, down: Any, step: float) -> Any:
+    """``beside`` (all False, numpy or torch) marked at the pixels on either side of a step over
+    ``step`` between horizontal (``across``) or vertical (``down``) neighbours."""
+    big = across > step
+    beside[:, 1:] |= big
+    beside[:, :-1] |= big
+    big = down > step
+    beside[1:] |= big
+    beside[:-1] |= big
+    return beside
 
 
 def _normalise_on_device(grey: np.ndarray, device: object) -> np.ndarray:
@@ -280,13 +285,7 @@ def _remove_hot_on_device(x: Any, lo: float, hi: float) -> int:
         return 0
     # quantile(0.5) interpolates the two middle values as np.median does
     step = _hot_step(lo, hi, _NOISE_PER_STEP * float(torch.quantile(across.reshape(-1), 0.5)))
-    beside = torch.zeros_like(x, dtype=torch.bool)
-    big = across > step
-    beside[:, 1:] |= big
-    beside[:, :-1] |= big
-    big = down > step
-    beside[1:] |= big
-    beside[:-1] |= big
+    beside = _beside_steps(torch.zeros_like(x, dtype=torch.bool), across, down, step)
     ys, xs = torch.nonzero(beside, as_tuple=True)
     if ys.numel() == 0:
         return 0
