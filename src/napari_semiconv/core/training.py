@@ -162,7 +162,9 @@ _NORMALISATION = {
 }
 
 
-def _card(config: TrainConfig, step: int, metrics: dict | None, world: int) -> dict[str, Any]:
+def _card(
+    config: TrainConfig, step: int, metrics: dict | None, world: int, worm_area: dict | None
+) -> dict[str, Any]:
     recipe = {
         k: getattr(config, k)
         for k in (
@@ -189,7 +191,7 @@ def _card(config: TrainConfig, step: int, metrics: dict | None, world: int) -> d
             "val_names": [s.name for s in config.val_samples[:500]],
         },
         # what the model learnt a worm's size to be: segment warns far from it (core.worm_size)
-        "worm_area": worm_area_record(s.masks for s in config.samples),
+        "worm_area": worm_area,
         "recipe": recipe,
         "step": int(step),
         "metrics": metrics,
@@ -279,6 +281,7 @@ def _run(
         out.parent.mkdir(parents=True, exist_ok=True)
         check_folder_writable(out.parent)  # now, not at the first checkpoint after the work
     use_amp = config.amp and bf16_autocast_pays(group.device)
+    worm_area = worm_area_record(s.masks for s in config.samples)  # once, for every card
     yield TrainProgress(start, total, "train", message="; ".join(notes) or "starting")
     started, last_metrics = time.perf_counter(), None
     budget = config.time_budget_s
@@ -321,7 +324,7 @@ def _run(
                     ap = last_metrics.get("AP")
                     if out is not None and ap is not None and ap > best:
                         best = float(ap)
-                        card = _card(config, done, last_metrics, group.world)
+                        card = _card(config, done, last_metrics, group.world, worm_area)
                         path = save_checkpoint(best_path(out), model, card)
                         yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
                 group.barrier()
@@ -335,7 +338,7 @@ def _run(
                         "seed": config.seed,
                         "fraction": min(1.0, fraction),
                     }
-                    card = _card(config, done, last_metrics, group.world)
+                    card = _card(config, done, last_metrics, group.world, worm_area)
                     path = save_checkpoint(out, model, card, train_state)
                     yield TrainProgress(done, total, "checkpoint", checkpoint=str(path))
                 group.barrier()

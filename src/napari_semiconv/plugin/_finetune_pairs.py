@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QWidget
 
 from ..core.finetune_pairs import AnnotatedPair, roi_from_points
 from ._layers import numbered, output_names
+from ._pickers import full_resolution
 
 WHOLE_IMAGE = "whole image"
 NONE = "none"
@@ -56,8 +57,7 @@ def fill_combo(combo: QComboBox, layers: list[Any], first: str | None = None) ->
 
 def layer_data(layer: Any) -> np.ndarray:
     """A private copy of a layer's (finest level) data as a numpy array."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.array(data, copy=True)
+    return np.array(full_resolution(layer), copy=True)
 
 
 def one_plane(layer: Any) -> bool:
@@ -76,7 +76,7 @@ def rectangles(shapes: Any, image: Any) -> list[tuple[int, int, int, int]]:
     Raises:
         ValueError: the layer has no rectangle, or a rectangle lies (mostly) off the image.
     """
-    shape = np.asarray(image.data[0] if image.multiscale else image.data).shape
+    shape = full_resolution(image).shape
     shape = shape[:2] if image.rgb else shape[-2:]
     rois = []
     for kind, corners in zip(shapes.shape_type, shapes.data, strict=True):

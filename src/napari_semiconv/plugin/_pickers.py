@@ -100,7 +100,7 @@ class ImagePicker:
 
         layer = self.layer()
         # a multiscale image is segmented at its full resolution, level 0
-        shape = None if layer is None else tuple(_full_resolution(layer).shape)
+        shape = None if layer is None else tuple(full_resolution(layer).shape)
         built = (layer, shape, None if layer is None else bool(layer.rgb))
         last = self._built_for
         if layer is not None and last is not None and last[0] is layer and last[1:] == built[1:]:
@@ -237,6 +237,7 @@ def _model_defaults(config: dict | None, card: dict | None) -> dict[str, float] 
     return defaults
 
 
-def _full_resolution(layer: Any) -> Any:
-    """A layer's data at full resolution: level 0 of a multiscale image."""
-    return layer.data[0] if layer.multiscale else layer.data
+def full_resolution(layer: Any) -> Any:
+    """A layer's data at full resolution: level 0 of a multiscale image (not read: a lazy
+    array stays lazy)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..core.refine import postprocess_defaults
 from ..core.rescale import MAX_RESCALE, MIN_RESCALE
 from ..core.tiling import MIN_TILE_SIZE
-from ._pickers import ImagePicker, ModelPicker, show_error, show_warning
+from ._pickers import ImagePicker, ModelPicker, full_resolution, show_error, show_warning
 from ._settings import load_settings, restore_segment, save_settings, segment_snapshot
 from ._threading import worker_for
 from ._torch_import import import_torch
@@ -264,7 +264,7 @@ class SegmentWidget(QWidget):
         if 0 < tile < MIN_TILE_SIZE:  # refused here, not after the model has loaded
             show_error(f"Tile size {tile} is too small: choose auto, or {MIN_TILE_SIZE} or more.")
             return None
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = full_resolution(layer)
         axis, channel = self.images.channel()
         try:
             data = select_channel(data, axis, channel)
