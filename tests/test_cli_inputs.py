@@ -237,7 +237,12 @@ def test_a_small_tile_size_alone_takes_a_smaller_overlap_as_the_widget_does(tiny
     evaluate = ["evaluate", "--model", str(tiny), "--data", str(folder), "--layout", "folders"]
     assert main([*evaluate, "--tile-size", "100"]) == 0
     assert main([*evaluate, "--tile-size", "100", "--overlap", "50"]) == 2
-    assert "--overlap must be 0 or more and under half --tile-size 100" in capsys.readouterr().err
+    # the same words as predict's (core.tiling.check_tiling)
+    assert "--overlap must be under half the tile size (--tile-size 100), got 50" in (
+        capsys.readouterr().err
+    )
+    assert main([*evaluate, "--overlap", "-1"]) == 2
+    assert "--overlap must be 0 or more pixels, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

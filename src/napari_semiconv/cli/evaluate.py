@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_semiconv.core.evaluation import evaluate
     from napari_semiconv.core.inference import load_model, segment
     from napari_semiconv.core.model.run_modes import check_foreground_cut
-    from napari_semiconv.core.tiling import default_overlap
+    from napari_semiconv.core.tiling import check_tiling, default_overlap
     from napari_semiconv.core.training_data import read_samples
 
     model = load_model(args.model, device=args.device)
@@ -85,13 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
     check_foreground_cut(model, args.foreground_threshold)  # before reading any data
     overlap = default_overlap(args.tile_size) if args.overlap is None else args.overlap
-    if args.tile_size is not None and args.tile_size < 32:
-        raise ValueError(f"--tile-size must be at least 32 pixels, got {args.tile_size}")
-    if args.tile_size is not None and not 0 <= overlap < args.tile_size / 2:
-        raise ValueError(
-            f"--overlap must be 0 or more and under half --tile-size {args.tile_size}, "
-            f"got {overlap}"
-        )
+    check_tiling(args.tile_size, overlap, "--tile-size", "--overlap")  # before reading any data
     samples = read_samples(args.data, args.layout, mode, split_wells(args.wells))
     predictions = []
     for i, sample in enumerate(samples):

@@ -298,6 +298,7 @@ def _check_settings(settings: dict, given: set[str]) -> None:
     """Refuse a bad setting before any image is read, naming its flag (or the run record), so
     the error is not blamed on the first image."""
     from napari_semiconv.core.rescale import check_rescale
+    from napari_semiconv.core.tiling import check_tiling
     from napari_semiconv.core.tta import views_of
 
     def name(key: str) -> str:
@@ -306,16 +307,7 @@ def _check_settings(settings: dict, given: set[str]) -> None:
     for key in ("score_threshold", "mask_threshold", "max_overlap"):
         if not 0.0 <= float(settings[key]) <= 1.0:
             raise ValueError(f"{name(key)} must be in [0, 1], got {settings[key]}")
-    tile, overlap = settings["tile_size"], settings["overlap"]
-    if tile is not None and int(tile) < 32:
-        raise ValueError(f"{name('tile_size')} must be at least 32 pixels, got {tile}")
-    if int(overlap) < 0:  # the core looks at it only when an image is tiled
-        raise ValueError(f"{name('overlap')} must be 0 or more pixels, got {overlap}")
-    if tile is not None and int(overlap) >= int(tile) / 2:
-        raise ValueError(
-            f"{name('overlap')} must be under half the tile size ({name('tile_size')} {tile}), "
-            f"got {overlap}"
-        )
+    check_tiling(settings["tile_size"], settings["overlap"], name("tile_size"), name("overlap"))
     try:
         views_of(settings["views"])
     except ValueError as exc:

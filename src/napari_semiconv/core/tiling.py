@@ -47,6 +47,7 @@ __all__ = [
     "Tile",
     "DEFAULT_OVERLAP",
     "MIN_TILE_SIZE",
+    "check_tiling",
     "crop_on_window",
     "default_overlap",
     "merge_candidates",
@@ -145,6 +146,33 @@ def default_overlap(tile_size: int | None) -> int:
     if tile_size is None:
         return DEFAULT_OVERLAP
     return max(0, min(DEFAULT_OVERLAP, (int(tile_size) - 1) // 2))
+
+
+def check_tiling(
+    tile_size: int | None,
+    overlap: int,
+    tile_name: str = "tile_size",
+    overlap_name: str = "overlap",
+) -> None:
+    """Refuse a tile size or overlap that :func:`tile_grid` would refuse, before any image is read.
+
+    ``tile_name`` / ``overlap_name`` are how the caller's user knows the settings (a flag such as
+    ``--tile-size``, or a run record's key), so every tier words the refusal alike. The overlap is
+    checked even without a tile size: an image only needs it once it is tiled, and a bad one
+    should not wait for the first large image.
+
+    Raises:
+        ValueError: ``tile_size`` under 32, ``overlap`` negative, or not under half the tile.
+    """
+    if tile_size is not None and int(tile_size) < MIN_TILE_SIZE:
+        raise ValueError(f"{tile_name} must be at least {MIN_TILE_SIZE} pixels, got {tile_size}")
+    if int(overlap) < 0:
+        raise ValueError(f"{overlap_name} must be 0 or more pixels, got {overlap}")
+    if tile_size is not None and int(overlap) >= int(tile_size) / 2:
+        raise ValueError(
+            f"{overlap_name} must be under half the tile size ({tile_name} {tile_size}), "
+            f"got {overlap}"
+        )
 
 
 def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
