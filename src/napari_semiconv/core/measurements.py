@@ -6,18 +6,18 @@ label ``k + 1`` everywhere in this project (label image, instance TIFF plane ord
 Measurements (one dict per instance, keys in :data:`MEASUREMENT_COLUMNS` order):
 
 - ``area``: pixel count.
-- ``length``: worm length in pixels. The mask is skeletonised (``skimage.morphology.skeletonize``)
-  and the skeleton read as a graph (8-connected, steps of 1 or sqrt(2)). A worm's skeleton may have
-  small spurs, so the centre line is the *longest shortest path between two skeleton endpoints*
-  (``scipy.sparse.csgraph.dijkstra`` from every endpoint), measured along the path's pixels
-  smoothed by a moving average over 7 points (ends fixed): the pixel staircase of a straight
-  worm at an angle to the grid is not its length. The skeleton stops about half a body
-  width short of each tip, so the Euclidean distance transform at the two path ends is added:
+- ``length``: worm length in pixels, along the mask's centre line (``core.centre_line``: the
+  longest trail along its skeleton, holes under the worm's thickness squared filled first, so
+  spurs shorter than the body stay off it and a worm touching or crossing itself is walked round
+  its loop), measured along the line's pixels smoothed by a moving average over 7 points (ends
+  fixed): the pixel staircase of a straight worm at an angle to the grid is not its length. The
+  skeleton stops about half a body width short of each tip, so the Euclidean distance transform
+  at each end that is a skeleton end is added:
   ``length = centre line length + (edt(end_a) - 0.5) + (edt(end_b) - 0.5)`` (the 0.5: the path
   joins pixel centres, the edt reaches the centre of the first background pixel). A straight
-  w-wide, L-long bar thus measures close to L. A loop in the skeleton (a worm touching itself) is
-  cut at one edge, so the path runs around the loop, and no tip correction is added at the cut.
-  Disconnected fragments: only the skeleton component holding the longest path counts.
+  w-wide, L-long bar thus measures close to L. No tip correction is added where the line ends at
+  a junction (a "6" walked from its tail round the loop) or on a closed ring.
+  Disconnected fragments: only the piece holding the longest line counts.
 - ``width``: mean width = area / length (a worm is modelled as a band of that length), where the
   area is that of the mask's piece (8-connected) holding the measured centre line: a speck or a
   second piece beside the worm would otherwise widen it (two 50 x 6 pieces: width 12, not 6).
@@ -37,16 +37,12 @@ NaN and bbox 0 0 0 0, and a warning names it.
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
-from skimage.morphology import skeletonize
 
+from napari_semiconv.core.centre_line import centre_line, fill_small_holes
 from napari_semiconv.core.refine import mask_boxes
 
 __all__ = [
@@ -74,10 +70,6 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "bbox_y1",
     "bbox_x1",
 )
-
-# The four "forward" neighbour offsets of the 8-neighbourhood; the other four are their mirrors,
-# so each undirected skeleton edge is found exactly once.
-_FORWARD_OFFSETS = ((0, 1, 1.0), (1, -1, math.sqrt(2.0)), (1, 0, 1.0), (1, 1, math.sqrt(2.0)))
 
 
 def as_instance_stack(masks: np.ndarray, scores: np.ndarray | None = None):
@@ -174,47 +166,10 @@ def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice] | None:
     return None if y1 == y0 else (slice(y0, y1), slice(x0, x1))
 
 
-def _skeleton_graph(skeleton: np.ndarray):
-    """Sparse symmetric graph of an 8-connected skeleton; returns (graph, coords (P, 2))."""
-    coords = np.argwhere(skeleton)
-    index = np.full(skeleton.shape, -1, dtype=np.int64)
-    index[coords[:, 0], coords[:, 1]] = np.arange(len(coords))
-    height, width = skeleton.shape
-    src, dst, weight = [], [], []
-    for dy, dx, step in _FORWARD_OFFSETS:
-        ys, xs = coords[:, 0] + dy, coords[:, 1] + dx
-        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-        neighbour = np.full(len(coords), -1, dtype=np.int64)
-        neighbour[inside] = index[ys[inside], xs[inside]]
-        has = neighbour >= 0
-        src.append(np.flatnonzero(has))
-        dst.append(neighbour[has])
-        weight.append(np.full(int(has.sum()), step))
-    src_a, dst_a, w_a = np.concatenate(src), np.concatenate(dst), np.concatenate(weight)
-    n = len(coords)
-    graph = coo_matrix(
-        (
-            np.concatenate([w_a, w_a]),
-            (np.concatenate([src_a, dst_a]), np.concatenate([dst_a, src_a])),
-        ),
-        shape=(n, n),
-    ).tocsr()
-    return graph, coords
-
-
 # Half-window (in path points) of the moving average that turns the skeleton's pixel staircase
 # into a centre line: a straight bar at 22.5° measured 9 % long (steps of 1 and sqrt(2)) and
 # straightness 0.90 before; with it, within about 2 % and above 0.97 at every angle.
 _SMOOTH_HALF = 3
-
-
-def _path_points(tree, a: int, b: int, coords: np.ndarray) -> np.ndarray:
-    """The pixel coordinates (K, 2) of the tree's path from node ``a`` to node ``b``."""
-    _, predecessor = dijkstra(tree, directed=False, indices=a, return_predecessors=True)
-    nodes = [b]
-    while nodes[-1] != a:
-        nodes.append(int(predecessor[nodes[-1]]))
-    return coords[nodes[::-1]].astype(np.float64)
 
 
 def _centre_line_length(points: np.ndarray) -> float:
@@ -230,42 +185,17 @@ def _centre_line_length(points: np.ndarray) -> float:
     return float(np.sum(np.hypot(*np.diff(smooth, axis=0).T)))
 
 
-def _longest_tree_path(graph) -> tuple[float, int, int, Any]:
-    """(geodesic length, node a, node b, the forest) of the longest path along the skeleton.
-
-    The skeleton graph is first reduced to a maximum spanning forest: a diagonal step that
-    short-cuts two orthogonal ones (a staircase corner of the skeleton) is kept, and a real loop
-    (a worm touching itself) is cut at one edge so the path runs around it instead of across.
-    In a tree the longest shortest path between endpoints (the diameter; spurs are never on it
-    unless longer than the body) is found exactly by a double sweep: the farthest node from any
-    node is one end, the farthest node from that end is the other.
-    """
-    n = graph.shape[0]
-    if n == 1:
-        return 0.0, 0, 0, graph
-    # Maximum spanning forest of weights w = minimum spanning forest of (3 - w) > 0.
-    flipped = graph.copy()
-    flipped.data = 3.0 - flipped.data
-    tree = minimum_spanning_tree(flipped)  # CSR, each kept edge stored once
-    tree.data = 3.0 - tree.data
-    n_comp, comp = connected_components(tree, directed=False)
-    best = (0.0, 0, 0)
-    for c in range(n_comp):
-        start = int(np.flatnonzero(comp == c)[0])
-        d0 = dijkstra(tree, directed=False, indices=start)
-        d0[~np.isfinite(d0)] = -1.0
-        a = int(np.argmax(d0))
-        d1 = dijkstra(tree, directed=False, indices=a)
-        d1[~np.isfinite(d1)] = -1.0
-        b = int(np.argmax(d1))
-        if d1[b] > best[0]:
-            best = (float(d1[b]), a, b)
-    return (*best, tree)
-
-
 def measure_mask(mask: np.ndarray) -> dict[str, float]:
     """Measurements of one (H, W) boolean mask (all keys of :data:`MEASUREMENT_COLUMNS` except
-    ``label`` and ``score``); see the module docstring for the definitions."""
+    ``label`` and ``score``); see the module docstring for the definitions.
+
+    Any non-zero pixel is worm (a 0/255 PNG or one label's pixels of a label image), as for
+    :func:`measure_instances`; probabilities are refused (threshold them first).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a worm mask must be 2-D (H, W), got shape {mask.shape}")
+    mask = as_instance_stack(mask[None])[0][0]  # bool; float probabilities refused
     sl = _bbox_slices(mask)
     if sl is None:
         nan = float("nan")
@@ -276,29 +206,28 @@ def measure_mask(mask: np.ndarray) -> dict[str, float]:
     crop = np.pad(mask[sl], 1)
     area = int(crop.sum())
     ys, xs = np.nonzero(crop)
-    skeleton = skeletonize(crop)
-    if not skeleton.any():  # defensive: skeletonize keeps at least one pixel of any object
-        skeleton = np.zeros_like(crop)
-        skeleton[ys[len(ys) // 2], xs[len(xs) // 2]] = True
-    graph, coords = _skeleton_graph(skeleton)
-    _, a, b, tree = _longest_tree_path(graph)
-    path_len = _centre_line_length(_path_points(tree, a, b, coords)) if a != b else 0.0
-    # Tip correction only at true skeleton ends (degree <= 1), not where a loop was cut. The edt is
+    filled = fill_small_holes(crop)
+    line = centre_line(filled)
+    path_len = _centre_line_length(line.points)
+    # Tip correction only at skeleton ends, not where a trail stops at a junction. The edt is
     # the distance from the end pixel's centre to the nearest background pixel's centre; the body
     # edge lies half a pixel before that, and the path runs between pixel centres, so a 1-px-wide
     # bar of L pixels measures (L - 1) + 0.5 + 0.5 = L. A one-pixel skeleton counts both tips.
-    background = np.argwhere(~crop)  # never empty: the crop is padded
-    degree = np.diff(graph.indptr)
-    pa, pb = coords[a], coords[b]
+    background = np.argwhere(~filled)  # never empty: the crop is padded
+    pa, pb = line.points[0], line.points[-1]
     length = path_len
-    for node, p in ((a, pa), (b, pb)):
-        if degree[node] <= 1:
+    for tip, p in zip(line.tips, (pa, pb), strict=True):
+        if tip:
             edt = np.sqrt(np.min(np.sum((background - p) ** 2, axis=1)))
             length += float(edt) - 0.5
-    chord = float(np.hypot(*(pa - pb).astype(np.float64)))
-    # the width is the measured piece's: the skeleton of an 8-connected piece stays inside it
-    pieces, n_pieces = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
-    piece_area = int(np.count_nonzero(pieces == pieces[tuple(pa)]))
+    chord = float(np.hypot(*(pa - pb)))
+    # the width is the measured piece's (its area in the mask, holes not filled): the line of an
+    # 8-connected piece stays inside it
+    eight = np.ones((3, 3), dtype=bool)
+    n_pieces = ndimage.label(crop, structure=eight)[1]
+    pieces = ndimage.label(filled, structure=eight)[0]
+    piece = pieces == pieces[int(pa[0]), int(pa[1])]
+    piece_area = int(np.count_nonzero(piece & crop))
     straightness = chord / path_len if path_len > 0 else 1.0
     return dict(
         area=area,
