@@ -419,3 +419,96 @@ def test_a_bad_rescale_is_refused_before_any_work(model, bad):
     steps = segment_steps(model, image, rescale=bad)
     with pytest.raises(ValueError, match="rescale must be"):
         next(steps)
+
+
+def test_one_model_serves_threads_with_different_settings_alike(model):
+    # the score threshold was an attribute set and restored around each call: two threads at
+    # 0.9 and 0.2 lost worms, and the model stayed at 0.9 for every later call
+    import threading
+
+    images = [toy_worms((112, 112), n=4, seed=s)[0] for s in (1, 2)]
+    own = model.roi_heads.score_thresh
+    scores = segment(model, images[0], score_threshold=0.0, mask_threshold=0.1).scores
+    high = float(np.median(scores))  # a threshold that keeps about half of them
+    settings = [dict(score_threshold=high), dict(score_threshold=0.0)]
+    expected = [
+        [len(segment(model, im, mask_threshold=0.1, **kw)) for im in images] for kw in settings
+    ]
+    assert expected[0] != expected[1]
+    got: list[list[list[int]]] = [[], []]
+    start = threading.Barrier(2)
+
+    def work(k: int) -> None:
+        start.wait()
+        for _ in range(4):
+            got[k].append(
+                [len(segment(model, im, mask_threshold=0.1, **settings[k])) for im in images]
+            )
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [[expected[0]] * 4, [expected[1]] * 4]
+    assert model.roi_heads.score_thresh == own  # left as loaded
+    assert "resize" not in vars(model.transform)  # the native scale restored by the last run
+
+
+def test_a_foreground_cut_holds_for_its_own_thread_only():
+    import threading
+
+    from napari_semiconv.core.model.run_modes import active_foreground_threshold, foreground_cut
+
+    cascade = build_model(tiny_model_config(input_mode="brightfield", foreground_width=4))
+    own = cascade.config.foreground_threshold
+    seen: list[float] = []
+    inside, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        inside.wait()
+        seen.append(active_foreground_threshold(cascade.config))
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with foreground_cut(cascade, 0.8):
+        assert active_foreground_threshold(cascade.config) == 0.8
+        inside.set()
+        done.wait()
+    thread.join()
+    assert seen == [own] and cascade.config.foreground_threshold == own
+    assert active_foreground_threshold(cascade.config) == own
+
+
+def test_segment_warns_once_at_the_callers_line_and_views_keep_the_warning(model):
+    # the warnings pointed into the library (core/detections.py), and with views > 1 the tile
+    # limit's progress step lost its warning flag, so the widget never showed it
+    image, _ = toy_worms((200, 230), n=6, seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment(model, image, score_threshold=0.0, tile_size=96, overlap=24, views=2)
+    limit = [w for w in caught if "limit per tile" in str(w.message)]
+    assert len(limit) == 1 and limit[0].filename == __file__
+    steps = segment_steps(model, image, score_threshold=0.0, tile_size=96, overlap=24, views=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        events, _ = run_steps(steps)
+    flagged = [e for e in events if e.warning]
+    assert any(e.message.startswith("a tile held") for e in flagged)
+    assert not any(e.message.startswith("view") for e in flagged)
+
+
+def test_a_bad_overlap_is_refused_on_an_image_too_small_to_tile(model):
+    image, _ = toy_worms((112, 112), seed=1)
+    for overlap in (-5, 600):
+        with pytest.raises(ValueError, match="overlap must be"):
+            segment(model, image, tile_size=512, overlap=overlap)
+    with pytest.raises(ValueError, match="overlap must be 0 or more"):
+        segment(model, image, overlap=-1)
+
+
+def test_the_package_lists_its_lazy_names():
+    import napari_semiconv as ns
+
+    assert {"segment", "load_model", "Instances", "__version__"} <= set(dir(ns))

@@ -10,8 +10,10 @@ coordinates. :func:`detect` is that pass for choosing the clean-up's settings
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,11 @@ import torch
 
 from napari_semiconv.core.measurements import labels_from_instances
 from napari_semiconv.core.model.config import ModelConfig
-from napari_semiconv.core.model.run_modes import detection_threshold, native_scale
+from napari_semiconv.core.model.run_modes import (
+    active_foreground_threshold,
+    detection_threshold,
+    native_scale,
+)
 from napari_semiconv.core.refine import mask_boxes, resolve_thresholds
 from napari_semiconv.core.tiling import (
     Candidate,
@@ -82,6 +88,30 @@ class SegmentProgress:
     warning: bool = False
 
 
+_caller = threading.local()  # .warns: a one-call API above raises the warnings itself
+
+
+@contextlib.contextmanager
+def caller_warns() -> Iterator[None]:
+    """Within it, :func:`warning_step` only makes the step: the one-call function driving the
+    steps (``core.inference.segment``) raises each warning itself, so that the warning points at
+    its caller's line and not into this library. For this thread only."""
+    before = getattr(_caller, "warns", False)
+    _caller.warns = True
+    try:
+        yield
+    finally:
+        _caller.warns = before
+
+
+def warning_step(message: str, done: int = 0, total: int = 0) -> SegmentProgress:
+    """A progress step the user must see after the run (``warning=True``), raised as a
+    RuntimeWarning too unless the caller does it (:func:`caller_warns`)."""
+    if not getattr(_caller, "warns", False):
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return SegmentProgress(done, total, message, warning=True)
+
+
 def device_of(model: torch.nn.Module) -> torch.device:
     """The device the model's weights are on."""
     return next(model.parameters()).device
@@ -103,10 +133,10 @@ def model_thresholds(
 
 def worm_foreground(found: Instances, grey: np.ndarray, config: ModelConfig) -> np.ndarray | None:
     """The foreground the detector saw (bool (H, W)), or None: a cascade's U-Net map above
-    its ``config.foreground_threshold``, a binary input's non-zero pixels of the normalised
-    ``grey``."""
+    its cut (``config.foreground_threshold``, or the run's ``foreground_cut``), a binary
+    input's non-zero pixels of the normalised ``grey``."""
     if found.foreground is not None:
-        return found.foreground > config.foreground_threshold
+        return found.foreground > active_foreground_threshold(config)
     if config.input_mode == "binary":
         return grey > 0.5
     return None
@@ -230,8 +260,7 @@ def detect_steps(
             f"a tile held {cap} worms, the model's limit per tile, so some worms may be "
             "missing: segment with smaller tiles (e.g. a tile size of 512)"
         )
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-        yield SegmentProgress(len(tiles), len(tiles), message, warning=True)
+        yield warning_step(message, len(tiles), len(tiles))
     masks, scores, soft = merge_candidates_soft(candidates, tiles, height, width)
     return Instances(masks, scores, displacement, foreground), soft
 

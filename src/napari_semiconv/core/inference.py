@@ -22,14 +22,15 @@ from napari_semiconv.core.detections import (
     AUTO_TILE_SIZE,
     Instances,
     SegmentProgress,
+    caller_warns,
     collect_candidates,
     detect,
     detect_steps,
     device_of,
     model_thresholds,
     no_worms,
-    run_to_end,
     tile_side,
+    warning_step,
     worm_foreground,
 )
 from napari_semiconv.core.model.config import ModelConfig
@@ -43,7 +44,13 @@ from napari_semiconv.core.model_store import list_models, load_model, model_sour
 from napari_semiconv.core.preprocess import normalise
 from napari_semiconv.core.refine import DEFAULT_SCORE_THRESHOLD, refine_instances
 from napari_semiconv.core.rescale import check_rescale, instances_at_size, rescaled_input
-from napari_semiconv.core.tiling import Candidate, SoftMask, merge_candidates_soft, tile_grid
+from napari_semiconv.core.tiling import (
+    Candidate,
+    SoftMask,
+    check_tiling,
+    merge_candidates_soft,
+    tile_grid,
+)
 from napari_semiconv.core.tta import detect_views_steps, views_of
 from napari_semiconv.core.worm_size import learnt_worm_area, size_warning
 
@@ -162,6 +169,8 @@ def segment_steps(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     views_of(views)  # a bad number of views fails before any work
     check_foreground_cut(model, foreground_threshold)  # and so does a bad cut
+    # and a bad overlap, though only an image large enough to be tiled would use it
+    check_tiling(tile_size, overlap)
     rescale = check_rescale(rescale)
     last: list[SegmentProgress] = []  # the latest progress step, for a warning after the work
     if preprocessed:
@@ -225,8 +234,7 @@ def segment_steps(
                     f"out of memory with {tile_size}-px tiles on {device_of(model)}; "
                     f"retrying with {smaller}-px tiles (set the tile size to avoid this)"
                 )
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                yield SegmentProgress(0, 0, message, warning=True)
+                yield warning_step(message)
                 tile_size, overlap, batch_size = smaller, min(overlap, smaller // 4), 1
     if not preprocessed:  # a user's image (a trainer's own samples need no word)
         yield from _size_steps(model, found, last)
@@ -258,9 +266,8 @@ def _size_steps(
     wrong channel, an inverted image, or another magnification."""
     message = _size_message(model, found)
     if message:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
         done, total = (last[0].done, last[0].total) if last else (0, 0)
-        yield SegmentProgress(done, total, message, warning=True)
+        yield warning_step(message, done, total)
 
 
 def _size_message(model: torch.nn.Module, found: Instances) -> str | None:
@@ -301,8 +308,26 @@ def _refine(
 
 
 def segment(model: torch.nn.Module, image: np.ndarray, **kwargs: Any) -> Instances:
-    """Segment ``image`` in one call; the arguments are :func:`segment_steps`'s."""
-    return run_to_end(segment_steps(model, image, **kwargs))
+    """Segment ``image`` in one call; the arguments are :func:`segment_steps`'s.
+
+    What :func:`segment_steps` reports as warning steps (a tile at the model's worm limit, worms
+    far from the model's size, an out-of-memory retry) is raised as RuntimeWarnings pointing at
+    the caller's line, each message once.
+    """
+    steps = segment_steps(model, image, **kwargs)
+    notes: list[str] = []
+    with caller_warns():
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as stop:
+                found = stop.value
+                break
+            if step.warning and step.message not in notes:
+                notes.append(step.message)
+    for message in notes:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return found
 
 
 def segment_batch(

@@ -271,7 +271,9 @@ def detect_views_steps(
                 yield SegmentProgress(
                     i * step.total + step.done,
                     len(chosen) * step.total,
-                    f"view {i + 1}/{len(chosen)}: {step.message}",
+                    # a warning keeps its words (and its flag), so each view's is one note
+                    step.message if step.warning else f"view {i + 1}/{len(chosen)}: {step.message}",
+                    warning=step.warning,
                 )
         finally:
             steps.close()  # cancelled mid-view: the detector is put back as it was at once

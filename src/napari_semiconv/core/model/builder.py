@@ -46,6 +46,7 @@ from napari_semiconv.core.model.foreground import (
 from napari_semiconv.core.model.postprocess import postprocess_detections
 from napari_semiconv.core.model.roi_align import MultiScaleRoIAlign
 from napari_semiconv.core.model.roi_heads import SemiConvRoIHeads
+from napari_semiconv.core.model.run_modes import active_foreground_threshold
 
 __all__ = ["SemiConvMaskRCNN", "build_model", "load_baseline_weights", "NUM_CLASSES"]
 
@@ -199,7 +200,7 @@ class SemiConvMaskRCNN(MaskRCNN):
         fg_logits = None
         if self.foreground is not None:
             fg_logits, images = foreground_stage(
-                self.foreground, list(images), self.config.foreground_threshold
+                self.foreground, list(images), active_foreground_threshold(self.config)
             )
         image_list, targets = self.transform(images, targets)
         if targets is not None:

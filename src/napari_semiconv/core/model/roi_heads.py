@@ -26,6 +26,7 @@ from torchvision.models.detection.roi_heads import (
 
 from napari_semiconv.core.model.embedding import EMBED_STRIDE
 from napari_semiconv.core.model.roi_align import roi_align
+from napari_semiconv.core.model.run_modes import thread_value
 from napari_semiconv.core.operators import LearnableSigma
 
 # Added under the square root of ‖Ψ_u − Ψ_s‖² so its gradient stays finite at distance 0.
@@ -92,6 +93,16 @@ class SemiConvRoIHeads(RoIHeads):
     off (``has_mask`` answers False for that call) and keeps the proposals it sampled (via
     ``select_training_samples``); the mask block below then uses them.
     """
+
+    @property
+    def score_thresh(self) -> float:  # type: ignore[override]
+        """torchvision's score threshold, as this thread runs the model: a run's own (set by
+        ``core.model.run_modes.detection_threshold``) or the model's."""
+        return thread_value(self, "score_thresh", self.own_score_thresh)
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        self.own_score_thresh = float(value)
 
     def __init__(
         self,

@@ -1,20 +1,67 @@
 """Temporary run settings of a detector: native pixel scale, an early score threshold, and a
 bright-field cascade's foreground cut.
 
-All are context managers that patch the model for the duration of a call and restore it, so
-training (``core.training``) and inference (``core.inference``) share them.
+All are context managers that set a run setting for the duration of a call, so training
+(``core.training``) and inference (``core.inference``) share them. One model object may serve
+several threads at once (a notebook's thread pool): the score threshold and the foreground cut
+are therefore held per thread (a thread's own value, read through :func:`thread_value`), and the
+native scale, which every run wants, is counted so that the last run to end restores it. (They
+were plain attributes set and restored around a call: two threads with thresholds 0.9 and 0.2
+lost worms, and left the model at 0.9 for every later call.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["check_foreground_cut", "detection_threshold", "foreground_cut", "native_scale"]
+__all__ = [
+    "active_foreground_threshold",
+    "check_foreground_cut",
+    "detection_threshold",
+    "foreground_cut",
+    "native_scale",
+    "thread_value",
+]
+
+_per_thread = threading.local()
+_scale_lock = threading.Lock()
+_scale_users: dict[int, int] = {}  # id(transform) -> runs now inside native_scale
+
+
+def _overrides(owner: object, key: str) -> list[Any]:
+    """This thread's stack of values set for ``owner``'s ``key`` (innermost last)."""
+    table = getattr(_per_thread, "table", None)
+    if table is None:
+        table = _per_thread.table = {}
+    return table.setdefault((id(owner), key), [])
+
+
+@contextlib.contextmanager
+def _thread_override(owner: object, key: str, value: Any) -> Iterator[None]:
+    stack = _overrides(owner, key)
+    stack.append(value)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def thread_value(owner: object, key: str, default: Any) -> Any:
+    """The value this thread has set for ``owner``'s ``key`` inside a run mode, else ``default``."""
+    stack = _overrides(owner, key)
+    return stack[-1] if stack else default
+
+
+def active_foreground_threshold(config: Any) -> float:
+    """A cascade's foreground cut as this thread runs it: a :func:`foreground_cut` in force,
+    else ``config.foreground_threshold``."""
+    return float(thread_value(config, "foreground_threshold", config.foreground_threshold))
 
 
 def _identity_resize(image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
@@ -31,14 +78,19 @@ def native_scale(model: torch.nn.Module) -> Iterator[None]:
     padding still apply), so a model sees worms at the microscope's scale in both.
     """
     transform = getattr(model, "module", model).transform
-    if "resize" in vars(transform):  # already at native scale (nested or concurrent use)
-        yield
-        return
-    transform.resize = _identity_resize  # an instance attribute shadows the method
+    key = id(transform)
+    with _scale_lock:  # nested or concurrent runs: the first in patches, the last out restores
+        _scale_users[key] = _scale_users.get(key, 0) + 1
+        if _scale_users[key] == 1:
+            transform.resize = _identity_resize  # an instance attribute shadows the method
     try:
         yield
     finally:
-        vars(transform).pop("resize", None)
+        with _scale_lock:
+            _scale_users[key] -= 1
+            if not _scale_users[key]:
+                del _scale_users[key]
+                vars(transform).pop("resize", None)
 
 
 @contextlib.contextmanager
@@ -55,8 +107,12 @@ def detection_threshold(model: torch.nn.Module, score_threshold: float) -> Itera
     if not hasattr(heads, "score_thresh"):  # another detector: its outputs are filtered after
         yield
         return
-    own = heads.score_thresh
     below = float(np.nextafter(np.float32(score_threshold), np.float32(-np.inf)))
+    if hasattr(heads, "own_score_thresh"):  # this project's heads: a per-thread setting
+        with _thread_override(heads, "score_thresh", max(heads.own_score_thresh, below)):
+            yield
+        return
+    own = heads.score_thresh  # another detector's heads (a benchmark's torchvision model)
     heads.score_thresh = max(own, below)
     try:
         yield
@@ -93,20 +149,17 @@ def foreground_cut(model: torch.nn.Module, threshold: float | None) -> Iterator[
     model's own ``config.foreground_threshold``, untouched).
 
     The cut is read by the forward pass (the detector's binary input) and by the clean-up
-    (``core.detections.worm_foreground``), both from the config, so it is set there and
-    restored after. Not for two threads running one model object with different cuts.
+    (``core.detections.worm_foreground``), both through :func:`active_foreground_threshold`, so
+    it is set there and
+    restored after, for this thread only (:func:`active_foreground_threshold` reads it).
 
     Raises:
         ValueError: see :func:`check_foreground_cut`.
     """
     value = check_foreground_cut(model, threshold)
     config = getattr(model, "module", model).config
-    own = config.foreground_threshold
-    if value is None or value == own:
+    if value is None:
         yield
         return
-    config.foreground_threshold = value
-    try:
+    with _thread_override(config, "foreground_threshold", value):
         yield
-    finally:
-        config.foreground_threshold = own
