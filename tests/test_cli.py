@@ -136,6 +136,57 @@ def test_predict_from_run_refuses_a_changed_model(trained, dataset, tmp_path, ca
     assert "not the one the run used" in capsys.readouterr().err
 
 
+def test_a_replayed_bundled_model_run_names_the_model_as_the_run_did(
+    dataset, tmp_path, monkeypatch, capsys
+):
+    # a replay loaded a bundled model by its file, so its record said kind "path" and an
+    # absolute file name: that record could not be replayed on another install
+    from reliability_kit import save_tiny_model
+
+    from napari_semiconv.core import model_store
+    from napari_semiconv.core.checkpoint import sha256_file
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    sha = sha256_file(save_tiny_model(bundled / "tiny-worms.pt"))
+    entry = {"file": "tiny-worms.pt", "sha256": sha}
+    (bundled / "registry.json").write_text(json.dumps({"tiny-worms": entry}))
+    monkeypatch.setattr(model_store, "BUNDLED_DIR", bundled)
+    image = str(dataset / "images" / "img0.tif")
+
+    def replay(record: dict, out: str) -> int:
+        (tmp_path / f"{out}.json").write_text(json.dumps(record))
+        return main(["predict", image, "--from-run", str(tmp_path / f"{out}.json"),
+                     "--out", str(tmp_path / out), "--device", "cpu"])  # fmt: skip
+
+    def named(out: str) -> dict:
+        model = json.loads((tmp_path / out / "img0_run.json").read_text())["model"]
+        return {key: model[key] for key in ("name", "kind", "sha256")}
+
+    assert main(["predict", image, "--model", "tiny-worms", "--out", str(tmp_path / "first"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    original = json.loads((tmp_path / "first" / "img0_run.json").read_text())
+    assert named("first") == {"name": "tiny-worms", "kind": "bundled", "sha256": sha}
+    assert replay(original, "again") == 0, capsys.readouterr().err
+    assert named("again") == named("first")
+    # the replay's record replays on another install, where the bundled file lies elsewhere
+    moved = json.loads((tmp_path / "again" / "img0_run.json").read_text())
+    moved["model"]["path"] = str(tmp_path / "elsewhere" / "tiny-worms.pt")
+    assert replay(moved, "moved") == 0, capsys.readouterr().err
+    assert named("moved") == named("first")
+    # a record an earlier replay wrote, naming the bundled file by its path, now gone: the
+    # bundled model with its sha256 is that file
+    legacy = json.loads(json.dumps(moved))
+    legacy["model"].update(name=moved["model"]["path"], kind="path")
+    assert replay(legacy, "legacy") == 0, capsys.readouterr().err
+    assert named("legacy") == named("first")
+    # a bundled model of that name with other weights is not the run's model: refused
+    moved["model"]["sha256"] = "0" * 64
+    capsys.readouterr()
+    assert replay(moved, "other") == 2
+    assert "not the one the run used" in capsys.readouterr().err
+
+
 def test_predict_replays_an_older_record_as_it_was_made(trained, dataset, tmp_path, capsys):
     # a record written before mask-overlap suppression existed has no max_overlap: the replay
     # must not add the suppression nor the binary foreground clipping that run did not have

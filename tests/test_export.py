@@ -279,12 +279,18 @@ def test_pixel_size_goes_into_both_tiffs_and_the_run_json(tmp_path):
         tmp_path, "a", masks=masks, scores=scores, pixel_size=(0.65, 0.5), pixel_unit="µm"
     )
     for key in ("labels", "instances"):
-        # 1 / 0.5 = 2 pixels per unit along x, 1 / 0.65 = 20 / 13 along y; no absolute unit
-        assert resolution_tags(paths[key]) == ((2, 1), (20, 13), 1)
-        assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.5, None)
+        # a length: pixels per centimetre (ResolutionUnit 3), 1e4 / 0.5 along x, 1e4 / 0.65 along
+        # y, so Fiji and tifffile get the physical size
+        assert resolution_tags(paths[key]) == ((20000, 1), (200000, 13), 3)
+        assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.5, "µm")
     assert tifffile.imread(paths["instances"]).shape == (3, 40, 50)  # the stack is unchanged
     record = read_run_json(paths["run"])
     assert record["pixel_size"] == [0.65, 0.5] and record["pixel_unit"] == "µm"
+    # no unit: 1 / 0.5 = 2 pixels per unit along x, 1 / 0.65 = 20 / 13 along y, no absolute unit
+    unitless = write_run_outputs(tmp_path, "d", masks=masks, scores=scores, pixel_size=(0.65, 0.5))
+    assert resolution_tags(unitless["labels"]) == ((2, 1), (20, 13), 1)
+    assert read_tiff_pixel_size(unitless["labels"]) == PixelSize(0.65, 0.5, None)
+    assert "pixel_unit" not in read_run_json(unitless["run"])
     # the measurements stay in pixels, same columns
     assert read_measurements_csv(paths["measurements"])[0]["area"] == masks[0].sum()
     # no pixel size given: nothing claimed (tifffile's default 1 / 1) and no key in the record
@@ -320,7 +326,18 @@ def test_read_tiff_pixel_size_of_other_writers(tmp_path):
     tifffile.imwrite(
         tmp_path / "ij.tif", image, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "micron"}
     )
-    assert read_tiff_pixel_size(tmp_path / "ij.tif") == PixelSize(0.5, 0.5, "micron")
+    # one spelling for micron / um / micrometer: the one a centimetre resolution reads as
+    assert read_tiff_pixel_size(tmp_path / "ij.tif") == PixelSize(0.5, 0.5, "µm")
+    for spelling in ("um", "micrometer", "\\u00B5m"):  # ImageJ escapes µ in its ASCII header
+        tifffile.imwrite(
+            tmp_path / "ij2.tif", image, imagej=True, resolution=(2.0, 2.0),
+            metadata={"unit": spelling},
+        )  # fmt: skip
+        assert read_tiff_pixel_size(tmp_path / "ij2.tif") == PixelSize(0.5, 0.5, "µm"), spelling
+    tifffile.imwrite(
+        tmp_path / "px.tif", image, imagej=True, resolution=(0.5, 0.5), metadata={"unit": "pixel"}
+    )
+    assert read_tiff_pixel_size(tmp_path / "px.tif") == PixelSize(2.0, 2.0, None)
     tifffile.imwrite(
         tmp_path / "cm.tif", image, resolution=(1e4 / 0.65, 1e4 / 0.4), resolutionunit="CENTIMETER"
     )
@@ -355,6 +372,93 @@ def test_widget_export_keeps_the_image_layers_scale(tmp_path):
         assert record["pixel_size"] == [0.65, 0.65] and record["plane"] == [i]
 
 
+@pytest.mark.parametrize(
+    ("size", "unit", "recorded"),
+    [
+        (0.65, "µm", "µm"),
+        (0.65, "micron", "µm"),
+        (0.65, "um", "µm"),
+        (0.65, "micrometer", "µm"),  # napari's Layer.units, as pint spells it
+        (650.0, "nanometer", "nm"),
+        (0.00065, "mm", "mm"),
+        (0.000065, "cm", "cm"),
+        (0.00000065, "m", "m"),
+    ],
+)
+def test_a_length_unit_is_written_as_pixels_per_centimetre(tmp_path, size, unit, recorded):
+    masks, scores = crossing_worms()
+    paths = write_run_outputs(
+        tmp_path, "a", masks=masks, scores=scores, pixel_size=(size, size), pixel_unit=unit
+    )
+    assert read_run_json(paths["run"])["pixel_unit"] == recorded
+    for key, dtype, shape in (
+        ("labels", np.uint16, (40, 50)),
+        ("instances", np.uint8, (3, 40, 50)),
+    ):
+        assert resolution_tags(paths[key]) == ((200000, 13), (200000, 13), 3)  # 0.65 µm
+        assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.65, "µm")
+        with tifffile.TiffFile(paths[key]) as tif:  # the rest of the file as before
+            page = tif.pages.first
+            assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+            assert tif.series[0].shape == shape and page.dtype == dtype
+            assert not tif.is_imagej
+    write_label_image(
+        tmp_path / "l.tif", np.ones((4, 4), np.uint8), pixel_size=(size, size), pixel_unit=unit
+    )
+    assert read_tiff_pixel_size(tmp_path / "l.tif") == PixelSize(0.65, 0.65, "µm")
+
+
+@pytest.mark.parametrize(("unit", "recorded"), [("pixel", None), ("", None), ("a.u.", "a.u.")])
+def test_no_unit_or_one_tiff_cannot_name_keeps_resolution_unit_none(tmp_path, unit, recorded):
+    masks, scores = crossing_worms()
+    paths = write_run_outputs(
+        tmp_path, "a", masks=masks, scores=scores, pixel_size=(0.65, 0.5), pixel_unit=unit
+    )
+    assert resolution_tags(paths["labels"]) == ((2, 1), (20, 13), 1)
+    assert read_run_json(paths["run"]).get("pixel_unit") == recorded
+
+
+def test_unit_spellings_and_a_layers_units():
+    from napari_semiconv.core.pixel_size import cm_per_unit, normalise_unit, pixel_unit_of
+
+    for spelling in ("µm", "μm", "um", "UM", "micron", "Microns", "micrometer", "micrometre"):
+        assert normalise_unit(spelling) == "µm", spelling
+    assert normalise_unit("nanometer") == "nm" and normalise_unit("Millimetre") == "mm"
+    assert [normalise_unit(u) for u in (None, "", "pixel", "px")] == [None] * 4
+    assert normalise_unit(" a.u. ") == "a.u."
+    assert cm_per_unit("micron") == 1e-4 and cm_per_unit("a.u.") is None
+    assert cm_per_unit(None) is None
+    # napari layers: (plane, y, x) units; the default "pixel" and mixed y/x units give none
+    assert pixel_unit_of(("pixel", "micrometer", "micrometer")) == "µm"
+    assert pixel_unit_of(("pixel", "pixel")) is None
+    assert pixel_unit_of(("nm", "micrometer")) is None
+    assert pixel_unit_of(None) is None and pixel_unit_of(("µm",)) is None
+
+
+def test_widget_export_records_the_image_layers_unit(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_semiconv.plugin._export import export_result
+
+    masks = np.zeros((1, 40, 60), bool)
+    masks[0, 10:16, 5:50] = True
+    plane = SimpleNamespace(masks=masks, scores=np.array([0.9]))
+    # as RunRequest carries a layer whose Layer.units are micrometres
+    request = SimpleNamespace(scale=(0.65, 0.65), translate=(0.0, 0.0), pixel_unit="µm")
+    result = SimpleNamespace(planes=[((), plane)], leading=(), run_info={}, request=request)
+    paths = export_result(result, tmp_path / "plate")
+    record = read_run_json(paths["run"])
+    assert record["pixel_size"] == [0.65, 0.65] and record["pixel_unit"] == "µm"
+    for key in ("labels", "instances"):
+        assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.65, "µm")
+    # napari's default unit, "pixel", is no unit: as before, nothing claimed
+    request.pixel_unit = None
+    paths = export_result(result, tmp_path / "plain")
+    assert "pixel_unit" not in read_run_json(paths["run"])
+    assert resolution_tags(paths["labels"]) == ((20, 13), (20, 13), 1)
+
+
 def test_predict_carries_the_input_resolution(tmp_path):
     from reliability_kit import save_tiny_model
     from toy_worms import toy_worms
@@ -375,9 +479,10 @@ def test_predict_carries_the_input_resolution(tmp_path):
     argv = ["predict", str(tmp_path / "ij.tif"), str(tmp_path / "plain.tif")]
     assert main([*argv, "--model", str(model), "--device", "cpu", "--out", str(out)]) == 0
     scaled, plain = output_paths(out, "ij"), output_paths(out, "plain")
-    assert resolution_tags(scaled["labels"]) == ((20, 13), (20, 13), 1)
-    assert read_tiff_pixel_size(scaled["instances"]) == PixelSize(0.65, 0.65)
+    # ImageJ's "micron" goes on as a physical size: pixels per centimetre, read back in µm
+    assert resolution_tags(scaled["labels"]) == ((200000, 13), (200000, 13), 3)
+    assert read_tiff_pixel_size(scaled["instances"]) == PixelSize(0.65, 0.65, "µm")
     record = read_run_json(scaled["run"])
-    assert record["pixel_size"] == [0.65, 0.65] and record["pixel_unit"] == "micron"
+    assert record["pixel_size"] == [0.65, 0.65] and record["pixel_unit"] == "µm"
     assert read_tiff_pixel_size(plain["labels"]) is None
     assert "pixel_size" not in read_run_json(plain["run"])

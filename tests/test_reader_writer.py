@@ -155,6 +155,44 @@ def test_reader_sets_the_scale_from_the_resolution(tmp_path):
     assert all("scale" not in meta for _, meta, _ in layers)
 
 
+def _layers_have_units() -> bool:
+    """napari 0.6 and later: layers have ``units``."""
+    import napari.layers
+
+    return hasattr(napari.layers.Labels(np.zeros((2, 2), np.uint8)), "units")
+
+
+def test_reader_gives_a_length_unit_and_the_run_records_numbers(tmp_path):
+    # a length unit is stored in centimetres and read back in µm; the layers keep the image's
+    # numbers (its unit's) where the run record says the same size
+    if not _layers_have_units():
+        pytest.skip("napari before 0.6 has no layer units")
+    masks = crossing_worms()
+    um = write_run_outputs(
+        tmp_path, "A01", masks=masks, scores=np.ones(3), pixel_size=(0.65, 0.5), pixel_unit="µm"
+    )
+    (_, worms, _), (_, stack, _) = read_instance_stacks(str(um["instances"]))
+    assert worms["scale"] == (0.65, 0.5) and stack["scale"] == (1.0, 0.65, 0.5)
+    assert worms["units"] == ("µm", "µm") and stack["units"] == ("pixel", "µm", "µm")
+    ((_, labels, _),) = read_instance_stacks(str(um["labels"]))
+    assert labels["scale"] == (0.65, 0.5) and labels["units"] == ("µm", "µm")
+    nm = write_run_outputs(
+        tmp_path, "A02", masks=masks, scores=np.ones(3), pixel_size=(650, 500), pixel_unit="nm"
+    )
+    for key in ("instances", "labels"):
+        _, meta, _ = read_instance_stacks(str(nm[key]))[0]
+        assert meta["scale"] == (650, 500) and meta["units"] == ("nm", "nm")
+    # without the record (or with one of another size) the file's own µm
+    nm["run"].unlink()
+    _, meta, _ = read_instance_stacks(str(nm["labels"]))[0]
+    assert meta["scale"] == (0.65, 0.5) and meta["units"] == ("µm", "µm")
+    # no unit: the scale as before, no units
+    _, meta, _ = read_instance_stacks(
+        str(write_run_outputs(tmp_path, "B", masks=masks, pixel_size=(2, 2))["labels"])
+    )[0]
+    assert meta["scale"] == (2.0, 2.0) and "units" not in meta
+
+
 # ------------------------------------------------------------------ real napari viewer
 @pytest.mark.gui
 def test_viewer_saves_labels_through_the_plugin_bit_exact(make_napari_viewer, tmp_path):
@@ -214,6 +252,23 @@ def test_viewer_round_trip_keeps_the_pixel_size(make_napari_viewer, tmp_path):
     target = tmp_path / "saved.tif"
     worms.save(str(target), plugin="napari-semiconv")
     assert resolution_tags(target) == ((20, 13), (20, 13), 1)
+
+
+@pytest.mark.gui
+def test_viewer_opens_an_export_in_micrometres_on_its_image(make_napari_viewer, tmp_path):
+    if not _layers_have_units():
+        pytest.skip("napari before 0.6 has no layer units")
+    paths = write_run_outputs(
+        tmp_path, "A01", masks=crossing_worms(), scores=np.ones(3), pixel_size=(0.65, 0.65),
+        pixel_unit="micrometer",
+    )  # fmt: skip
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((40, 50)), scale=(0.65, 0.65), units=("µm", "µm"))
+    viewer.open(str(paths["instances"]), plugin="napari-semiconv")
+    worms = viewer.layers["A01 worms"]
+    assert tuple(worms.scale) == pytest.approx(tuple(image.scale))
+    assert worms.units == image.units
+    assert tuple(viewer.layers["A01 instances"].units)[1:] == tuple(image.units)
 
 
 def test_a_flat_label_image_named_instances_gives_one_layer_without_a_stack(tmp_path):

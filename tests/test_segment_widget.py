@@ -353,6 +353,27 @@ def test_export_writes_four_files_and_the_cli_replays_them(qtbot, widget, tmp_pa
     np.testing.assert_array_equal(tifffile.imread(replayed[0]), labels)
 
 
+def test_export_carries_the_image_layers_unit(qtbot, widget, tmp_path):
+    from napari_semiconv.core.export import read_run_json, read_tiff_pixel_size
+    from napari_semiconv.core.pixel_size import PixelSize
+
+    if not hasattr(widget.viewer.add_image(np.zeros((4, 4)), name="probe"), "units"):
+        pytest.skip("napari before 0.6 has no layer units")
+    widget.viewer.layers.remove("probe")
+    image = _worm_image(seed=3)
+    widget.viewer.add_image(image, name="plate", scale=(0.65, 0.65), units=("µm", "µm"))
+    widget.viewer.add_image(image, name="plain", scale=(0.65, 0.65))  # napari's "pixel"
+    widget.refresh_images()
+    for name, unit in (("plate", "µm"), ("plain", None)):
+        widget.image_combo.setCurrentIndex(widget.image_combo.findText(name))
+        assert widget._request().pixel_unit == unit
+        _run(qtbot, widget)
+        paths = widget.export_to(tmp_path / name)
+        assert read_run_json(paths["run"]).get("pixel_unit") == unit
+        for key in ("labels", "instances"):
+            assert read_tiff_pixel_size(paths[key]) == PixelSize(0.65, 0.65, unit)
+
+
 def test_export_writes_the_worms_as_the_user_corrected_them(qtbot, widget, tmp_path):
     import json
 

@@ -179,13 +179,63 @@ def _recorded_plane(image: np.ndarray, record: dict, path: str) -> np.ndarray:
     return image
 
 
+def _loads_by_name(name: object, kind: object, path: object, sha: object) -> bool:
+    """Whether the recorded model ``name`` loads the run's model as the ``kind`` it was: a
+    bundled name whose registry sha256 is the recorded one, or a user-model name that still
+    takes us to the recorded file. Loaded by name, the replay's record names the model as the
+    original did, and replays on another install, where the files lie elsewhere."""
+    from napari_semiconv.core.model_store import ModelNotFoundError, resolve_model_path
+
+    if kind not in ("bundled", "user") or not isinstance(name, str) or not name:
+        return False
+    try:
+        file, expected, found = resolve_model_path(name)
+    except ModelNotFoundError:  # e.g. a bundled model this install lacks
+        return False
+    if found != kind:
+        return False
+    if kind == "bundled":
+        # another package version may bundle other weights under the same name
+        return bool(sha) and expected == sha
+    return isinstance(path, str) and file.resolve() == Path(path).resolve()
+
+
+def _bundled_with_sha(sha: object) -> str | None:
+    """The bundled model whose registry sha256 is ``sha``, if one is installed: the same file as
+    the one a record names by a path that is gone (replays before bundled names were kept
+    recorded the bundled file's path)."""
+    from napari_semiconv.core.model_store import BUNDLED_DIR, registry
+
+    if not sha:
+        return None
+    for name, entry in sorted(registry().items()):
+        installed = (BUNDLED_DIR / str(entry.get("file", f"{name}.pt"))).is_file()
+        if entry.get("sha256") == sha and installed:
+            return name
+    return None
+
+
 def _model_from_run(record: dict, device: str):
-    """Load the run's model, preferring its recorded file and checking its sha256."""
+    """Load the run's model and check its sha256: a bundled or user model by its recorded name
+    where that name still loads the same model (:func:`_loads_by_name`), else its recorded file,
+    else its name; a record whose file and name are both gone falls back to the bundled model
+    of the recorded sha256 (:func:`_bundled_with_sha`)."""
     from napari_semiconv.core.inference import load_model
+    from napari_semiconv.core.model_store import resolve_model_path
 
     info = record.get("model") or {}
     path, name, sha = info.get("path"), info.get("name"), info.get("sha256")
-    target = path if path and Path(path).is_file() else name
+    if _loads_by_name(name, info.get("kind"), path, sha):
+        target = name
+    else:
+        target = path if path and Path(path).is_file() else name
+        try:
+            if target:
+                resolve_model_path(target)
+        except (FileNotFoundError, TypeError):
+            # nothing loads by the recorded file or name (another machine): the bundled model
+            # with the recorded sha256 is that very file; none such keeps the error below
+            target = _bundled_with_sha(sha) or target
     if not target:
         raise ValueError("the run record names no model (its 'model' entry has no path or name)")
     model = load_model(target, device=device)

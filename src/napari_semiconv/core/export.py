@@ -12,12 +12,15 @@ For a run named ``stem`` in ``out_dir``:
   :data:`~napari_semiconv.core.measurements.MEASUREMENT_COLUMNS` in that order.
 - ``<stem>_run.json``: ``run_info`` as given, plus ``"versions"`` (package versions) and, when a
   pixel size is given, ``"pixel_size"`` ([y, x], world units per pixel) and ``"pixel_unit"`` (if
-  known), so the pixel-unit measurements can be converted.
+  known, spelled as :func:`~napari_semiconv.core.pixel_size.normalise_unit` spells it: "µm" for
+  micron / um / micrometer), so the pixel-unit measurements can be converted.
 
-Pixel size: both TIFFs then carry it as TIFF resolution, XResolution = 1 / x and YResolution =
-1 / y pixels per unit, ResolutionUnit NONE (a napari scale has no unit of its own); Fiji and
-:func:`read_tiff_pixel_size` read it back. No ImageJ hyperstack header is written: that format
-cannot hold uint32/uint64 labels nor a 0-worm stack, and would change how the stacks read back.
+Pixel size: both TIFFs then carry it as TIFF resolution. With a unit that is a known length (nm,
+µm, mm, cm, m) it is in pixels per centimetre, ResolutionUnit CENTIMETER, the standard unit Fiji,
+tifffile and :func:`read_tiff_pixel_size` (which gives it back in µm) take as a physical size;
+otherwise XResolution = 1 / x and YResolution = 1 / y pixels per (unnamed) unit, ResolutionUnit
+NONE. No ImageJ hyperstack header is written: that format cannot hold uint32/uint64 labels nor a
+0-worm stack, and would change how the stacks read back.
 
 If any of the four exists and ``overwrite`` is False, :class:`FileExistsError` names it before
 anything is written. All four are rendered in memory first, then each is written atomically; if a
@@ -50,6 +53,8 @@ from .measurements import (
 from .pixel_size import (
     PixelSize,
     check_pixel_size,
+    cm_per_unit,
+    normalise_unit,
     pixel_size_from_scale,
     read_tiff_pixel_size,
 )
@@ -112,14 +117,27 @@ def smallest_label_dtype(labels: np.ndarray) -> np.dtype:
 
 
 def _tiff_bytes(
-    array: np.ndarray, axes: str, pixel_size: tuple[float, float] | None = None
+    array: np.ndarray,
+    axes: str,
+    pixel_size: tuple[float, float] | None = None,
+    pixel_unit: str | None = None,
 ) -> bytes:
     buffer = io.BytesIO()
     resolution: dict[str, Any] = {}
     if pixel_size is not None:
-        # pixels per unit; NONE because the unit is the caller's (tifffile would say INCH)
         y, x = pixel_size
-        resolution = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "NONE"}
+        cm = cm_per_unit(pixel_unit)
+        if cm is not None:
+            # a known length: pixels per centimetre, the one metric unit baseline TIFF names, so
+            # Fiji and other readers get the physical size without this package's run record
+            resolution = {
+                "resolution": (1.0 / (x * cm), 1.0 / (y * cm)),
+                "resolutionunit": "CENTIMETER",
+            }
+        else:
+            # pixels per unit; NONE because the unit is unknown or not one TIFF can name
+            # (tifffile would otherwise say INCH)
+            resolution = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": "NONE"}
     with warnings.catch_warnings():
         # A 0 x H x W stack (no worm) is legal here; tifffile warns it is "nonconformant".
         warnings.filterwarnings("ignore", message=".*zero-size array.*")
@@ -140,16 +158,18 @@ def write_label_image(
     labels: np.ndarray,
     overwrite: bool = False,
     pixel_size: Sequence[float] | None = None,
+    pixel_unit: str | None = None,
 ) -> Path:
     """Write a label array (2-D or more) losslessly to TIFF, atomically, in the smallest unsigned
-    dtype that holds it exactly (values unchanged). ``pixel_size`` (y, x), if given, is stored as
-    the TIFF resolution (module docstring)."""
+    dtype that holds it exactly (values unchanged). ``pixel_size`` (y, x) in ``pixel_unit``, if
+    given, is stored as the TIFF resolution (module docstring)."""
     pixel = check_pixel_size(pixel_size)
     labels = np.asarray(labels)
     data = labels.astype(smallest_label_dtype(labels), copy=False)
     axes = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
     check_writable_target(path, overwrite)
-    return atomic_write_bytes(path, _tiff_bytes(data, axes, pixel), overwrite=overwrite)
+    payload = _tiff_bytes(data, axes, pixel, normalise_unit(pixel_unit))
+    return atomic_write_bytes(path, payload, overwrite=overwrite)
 
 
 def _versions() -> dict[str, str]:
@@ -222,8 +242,9 @@ def write_run_outputs(
     ``.masks`` (N, H, W) bool and ``.scores`` (N,), or as
     ``write_run_outputs(out_dir, stem, masks=..., scores=..., run_info=...)``. ``scores=None``
     scores every instance 1.0 (e.g. exported annotations). ``out_dir`` is created if missing.
-    ``pixel_size`` (y, x) and ``pixel_unit`` (e.g. ``"µm"``), if given, go into both TIFFs'
-    resolution and the run JSON (module docstring); the measurements stay in pixels.
+    ``pixel_size`` (y, x) and ``pixel_unit`` (e.g. ``"µm"``; napari's "pixel" counts as none),
+    if given, go into both TIFFs' resolution and the run JSON (module docstring); the
+    measurements stay in pixels.
 
     Raises:
         FileExistsError: one of the four files exists and ``overwrite`` is False; nothing written.
@@ -233,6 +254,7 @@ def write_run_outputs(
     """
     masks, scores = _resolve_instances(instances, masks, scores)
     pixel = check_pixel_size(pixel_size)
+    unit = normalise_unit(pixel_unit)  # "micron", "micrometer", "um": all recorded as "µm"
     run_info = {} if run_info is None else run_info
     if not isinstance(run_info, dict):
         raise TypeError(f"run_info must be a dict, got {type(run_info).__name__}")
@@ -253,8 +275,8 @@ def write_run_outputs(
     geometry: dict[str, Any] = {}
     if pixel is not None:
         geometry["pixel_size"] = list(pixel)
-        if pixel_unit:
-            geometry["pixel_unit"] = str(pixel_unit)
+        if unit:
+            geometry["pixel_unit"] = unit
     try:
         record = json.dumps(
             {**run_info, **geometry, "versions": {**_versions(), **versions}},
@@ -267,8 +289,8 @@ def write_run_outputs(
 
     # Render everything in memory first, so a failure here writes nothing at all.
     payloads = {
-        "labels": _tiff_bytes(labels_from_instances(masks, scores), "YX", pixel),
-        "instances": _tiff_bytes(masks.astype(np.uint8), "ZYX", pixel),
+        "labels": _tiff_bytes(labels_from_instances(masks, scores), "YX", pixel, unit),
+        "instances": _tiff_bytes(masks.astype(np.uint8), "ZYX", pixel, unit),
         "measurements": _csv_bytes(measure_instances(masks, scores)),
         "run": (record + "\n").encode("utf-8"),
     }

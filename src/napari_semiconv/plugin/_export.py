@@ -35,7 +35,9 @@ def export_result(
     for stacks.
 
     The image layer's scale (y and x, captured in the run request) goes into the TIFFs'
-    resolution and the run JSON's ``pixel_size``, so the files line up with the image again.
+    resolution and the run JSON's ``pixel_size``, so the files line up with the image again; its
+    unit (napari's ``Layer.units``, unless the default "pixel") into the run JSON's
+    ``pixel_unit`` and, for a length, the TIFFs' resolution unit (``core.export``).
     """
     from ..core.edited import apply_label_edits
     from ..core.export import output_paths, pixel_size_from_scale, write_run_outputs
@@ -67,6 +69,8 @@ def export_result(
         )
     # the outputs' world geometry is the image layer's, less the channel (RunRequest.scale)
     pixel_size = pixel_size_from_scale(result.request.scale)
+    # a request made before RunRequest carried the unit (or a stand-in without it): no unit
+    pixel_unit = getattr(result.request, "pixel_unit", None) if pixel_size else None
     written: dict[str, Path] = {}
     try:
         for name, index, instances in jobs:
@@ -83,6 +87,7 @@ def export_result(
                 scores=instances.scores,
                 run_info=info,
                 pixel_size=pixel_size,
+                pixel_unit=pixel_unit,
             )
             prefix = f"{name[len(stem) + 1 :]}/" if result.leading else ""
             written.update({f"{prefix}{key}": path for key, path in paths.items()})

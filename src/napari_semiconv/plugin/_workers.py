@@ -37,6 +37,8 @@ class RunRequest:
     rescale: float = 1.0  # the image resized by this before the network (core.rescale)
     foreground_threshold: float | None = None  # a bright-field cascade's U-Net cut; else None
     scale: tuple[float, ...] = ()  # world geometry of the outputs (the layer's, less the channel)
+    # the layer's y/x unit (napari's Layer.units, core.pixel_size.pixel_unit_of); None: pixels
+    pixel_unit: str | None = None
     translate: tuple[float, ...] = ()
     transform: dict[str, Any] = field(default_factory=dict)  # rotate/shear/affine (kept_transform)
     metadata: dict[str, Any] = field(default_factory=dict)  # the layer's, copied to the outputs

@@ -17,7 +17,11 @@ layer only, with the values as they are (no N×H×W stack is made), so the label
 corrected and fine-tuned on at once.
 
 Both layers get the pixel size the stack records as TIFF resolution (as Export and
-``predict`` write it) as their scale, so they land on the scaled image they were made from.
+``predict`` write it) as their scale, so they land on the scaled image they were made from. A
+length unit is stored in centimetres and read back in µm; where the sibling ``<stem>_run.json``
+records the same size in another unit (an image scaled in nm or mm), the layers take the record's
+numbers, so they still line up with that image (napari does not convert between layers' units).
+With napari >= 0.6 the layers also get that unit (``Layer.units``).
 
 Any other file: ``get_reader`` returns None, so napari asks other readers. No torch import here.
 """
@@ -34,9 +38,11 @@ import numpy as np
 from napari_semiconv.core.export import (
     read_instances_tif,
     read_measurements_csv,
+    read_run_json,
     read_tiff_pixel_size,
 )
 from napari_semiconv.core.measurements import label_dtype, labels_from_instances
+from napari_semiconv.core.pixel_size import PixelSize, cm_per_unit, normalise_unit
 
 __all__ = ["get_reader", "read_instance_stacks"]
 
@@ -102,6 +108,7 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
             meta, _, pixel = _worms_meta(file, stem, top, up_to=True)
             if pixel is not None and labels.ndim > 2:  # only y and x are scaled
                 meta["scale"] = (1.0,) * (labels.ndim - 2) + (pixel.y, pixel.x)
+                meta.update(_units(pixel, labels.ndim))
             layers.append((labels, meta, "labels"))
             continue
         masks = read_instances_tif(file)
@@ -123,6 +130,7 @@ def read_instance_stacks(path: str | list[str]) -> list[LayerData]:
                 stack_meta["features"] = features
             if pixel is not None:  # the first axis counts worms: not scaled
                 stack_meta["scale"] = (1.0, pixel.y, pixel.x)
+                stack_meta.update(_units(pixel, 3))
             layers.append((stack, stack_meta, "labels"))
     return layers
 
@@ -152,10 +160,50 @@ def _label_image(file: Path) -> np.ndarray | None:
 def _worms_meta(file: Path, stem: str, n: int, up_to: bool = False) -> tuple[dict, Any, Any]:
     """The worms layer's metadata (name, source, features, scale), the features, the pixel."""
     features = _features(file, stem, n, up_to)
-    pixel = read_tiff_pixel_size(file)
+    pixel = _pixel_size(file, stem)
     worms_meta: dict[str, Any] = {"name": f"{stem} worms", "metadata": {"source": str(file)}}
     if features is not None:
         worms_meta["features"] = features
     if pixel is not None:
         worms_meta["scale"] = (pixel.y, pixel.x)
+        worms_meta.update(_units(pixel, 2))
     return worms_meta, features, pixel
+
+
+def _pixel_size(file: Path, stem: str) -> PixelSize | None:
+    """The pixel size ``file`` records, in the unit of its run record where that record gives
+    the same physical size: TIFF stores a length in cm (read back in µm), and a layer scaled in
+    nm or mm would otherwise get numbers 1000 times off its image."""
+    pixel = read_tiff_pixel_size(file)
+    if pixel is None or pixel.unit != "µm":
+        return pixel
+    try:
+        record = read_run_json(file.with_name(f"{stem}_run.json"))
+        y, x = (float(v) for v in record.get("pixel_size"))
+    except (OSError, ValueError, TypeError):  # no record, or none that says a pixel size
+        return pixel
+    unit = normalise_unit(record.get("pixel_unit"))
+    cm = cm_per_unit(unit)
+    # a record whose size differs belongs to another image (or was edited): the file wins
+    if cm is None or not np.allclose((y * cm * 1e4, x * cm * 1e4), pixel[:2], rtol=1e-6, atol=0):
+        return pixel
+    return PixelSize(y, x, unit)
+
+
+def _napari_has_units() -> bool:
+    """Whether napari's layers take ``units`` (0.6 and later); an older one refuses the key."""
+    from importlib import metadata
+
+    try:
+        major, minor = (int(part) for part in metadata.version("napari").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 6)
+
+
+def _units(pixel: PixelSize, ndim: int) -> dict[str, Any]:
+    """``{"units": ...}`` for a layer of ``ndim`` axes whose last two have ``pixel``'s unit, or
+    {} where there is none to give: no unit, a unit napari may not parse, or an older napari."""
+    if cm_per_unit(pixel.unit) is None or not _napari_has_units():
+        return {}
+    return {"units": ("pixel",) * (ndim - 2) + (pixel.unit, pixel.unit)}

@@ -247,6 +247,7 @@ class SegmentWidget(QWidget):
 
     def _request(self) -> RunRequest | None:
         """Capture the target layer and the settings now, so a run ignores later changes."""
+        from ..core.pixel_size import pixel_unit_of
         from ..core.visualise import leading_shape, select_channel
 
         layer = self.image_layer()
@@ -292,6 +293,8 @@ class SegmentWidget(QWidget):
             views=int(self.views_combo.currentData()),
             rescale=float(self.rescale_spin.value()),
             scale=tuple(float(layer.scale[d]) for d in keep),
+            # napari >= 0.6 layers name their axes' unit; older ones (and "pixel") give None
+            pixel_unit=pixel_unit_of(getattr(layer, "units", None)),
             translate=tuple(float(layer.translate[d]) for d in keep),
             transform=kept_transform(layer, keep),
             metadata=dict(layer.metadata),
