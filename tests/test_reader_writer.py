@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_semiconv.core.export import output_paths, write_run_outputs
+from napari_semiconv.core.pixel_size import read_tiff_pixel_size
 from napari_semiconv.plugin.reader import get_reader, read_instance_stacks
 from napari_semiconv.plugin.writer import write_labels
 
@@ -64,10 +65,21 @@ def resolution_tags(path) -> tuple[tuple[int, int], tuple[int, int], int]:
 def test_writer_stores_the_layer_scale_as_tiff_resolution(tmp_path):
     labels = np.zeros((20, 30), np.uint16)
     labels[2:5, 3:9] = 1
-    meta = {"name": "worms", "scale": (0.65, 0.65), "units": ("um", "um")}
+    meta = {"name": "worms", "scale": (0.65, 0.65)}  # no units: napari's "pixel"
     (written,) = write_labels(str(tmp_path / "l.tif"), labels, meta)
     assert resolution_tags(written) == ((20, 13), (20, 13), 1)  # 1 / 0.65 pixels per unit
     np.testing.assert_array_equal(tifffile.imread(written), labels)
+    # a layer in micrometres: the physical size, in pixels per centimetre (Save Layer wrote no
+    # unit, so Fiji read 0.65 of nothing)
+    meta = {"name": "worms", "scale": (0.65, 0.65), "units": ("um", "um")}
+    (in_um,) = write_labels(str(tmp_path / "um.tif"), labels, meta)
+    assert resolution_tags(in_um) == ((200000, 13), (200000, 13), 3)
+    back = read_tiff_pixel_size(in_um)
+    assert (back.y, back.x, back.unit) == (pytest.approx(0.65), pytest.approx(0.65), "µm")
+    # another unit keeps its numbers, unnamed: read back in µm it would be 1000 times off
+    meta = {"name": "worms", "scale": (0.65, 0.65), "units": ("nm", "nm")}
+    (in_nm,) = write_labels(str(tmp_path / "nm.tif"), labels, meta)
+    assert resolution_tags(in_nm) == ((20, 13), (20, 13), 1)
     # a stack: y and x are the last two axes of the scale
     (stack,) = write_labels(str(tmp_path / "s.tif"), labels[None], {"scale": (5.0, 0.5, 0.25)})
     assert resolution_tags(stack) == ((4, 1), (2, 1), 1)

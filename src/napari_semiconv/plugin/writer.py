@@ -11,8 +11,10 @@
   default, FileExistsError).
 - A multiscale layer is saved at its full resolution (level 0).
 - Pixel size: the layer's scale (its last two axes, y and x) is stored as the TIFF resolution,
-  1 / scale pixels per unit (ResolutionUnit NONE), so Fiji and this plugin's reader put the labels
-  on the scaled image again. A scale that TIFF cannot hold (zero, negative) is left out.
+  so Fiji and this plugin's reader put the labels on the scaled image again: in pixels per
+  centimetre (ResolutionUnit CENTIMETER) when the layer's units are micrometres, else 1 / scale
+  pixels per unit (ResolutionUnit NONE). A scale that TIFF cannot hold (zero, negative) is left
+  out.
 
 No torch import here: napari imports this module when it saves.
 """
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from napari_semiconv.core.export import pixel_size_from_scale, write_label_image
+from napari_semiconv.core.pixel_size import pixel_unit_of
 
 __all__ = ["write_labels"]
 
@@ -57,5 +60,15 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     if labels.ndim < 2:
         raise ValueError(f"a labels layer to save must be at least 2-D, got shape {labels.shape}")
     pixel_size = pixel_size_from_scale(meta.get("scale"))
-    write_label_image(target, labels, overwrite=True, pixel_size=pixel_size)
+    # a layer in micrometres is saved with that physical size (pixels per cm, which Fiji and the
+    # reader give back in µm); another unit keeps its own numbers, unit unnamed, since the reader
+    # would give it back in µm and napari does not convert between layers' units
+    unit = pixel_unit_of(meta.get("units"))
+    write_label_image(
+        target,
+        labels,
+        overwrite=True,
+        pixel_size=pixel_size,
+        pixel_unit=unit if unit == "µm" else None,
+    )
     return [str(target)]
