@@ -261,3 +261,36 @@ def test_the_training_settings_come_back_in_a_new_session(
         "base", "device", "iterations", "minutes", "lr", "batch_size", "crop", "preview_every",
         "heads_only",
     }  # fmt: skip
+
+
+def test_the_widgets_as_napari_opens_them_pair_corrections_and_list_new_models(
+    make_napari_viewer, model_dir, base_model
+):
+    # napari hands a plugin's widget a proxy of the viewer, whose layers are new proxy objects
+    # at every access: "Correct this result" made the other plate's corrections and paired
+    # plate B's image with plate A's uncorrected worms, and the open Segment widget was not
+    # told of a new model. (The other tests build the widgets on the viewer itself.)
+    import shutil
+
+    from napari_semiconv.plugin._layers import output_names
+
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget("napari-semiconv", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-semiconv", "Fine-tune")
+    worms = {}
+    for name, seed in (("plate A", 4), ("plate B", 5)):
+        image, masks = toy_worms((128, 128), n=3, seed=seed)
+        viewer.add_image(image, name=name)
+        worms[name] = viewer.add_labels(
+            labels_from_instances(masks), name=output_names(name)["labels"]
+        )
+    for name in ("plate A", "plate B"):
+        viewer.layers.selection.active = worms[name]
+        assert widget.correct_result().name == f"{name} corrections"
+    pairs = [[layer.name for layer in row.layers()[:2]] for row in widget.rows]
+    assert pairs == [["plate A", "plate A corrections"], ["plate B", "plate B corrections"]]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base_model, model_dir / "my-new-worms.pt")
+    assert segment.model_combo.findData("my-new-worms") < 0
+    widget.publish()
+    assert segment.model_combo.findData("my-new-worms") >= 0

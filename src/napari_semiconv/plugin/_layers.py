@@ -21,6 +21,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.visualise import LayerViews
 
 
+def unproxied(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer behind napari's ``PublicOnlyProxy``, which napari hands a plugin's widget.
+
+    Every layer reached through the proxy is a new proxy object, so a layer taken from the
+    viewer now is not (``is``) the one a combo box or a record holds from before, and two
+    widgets' viewers are not the same object: *Correct this result* paired the wrong layers
+    and the Segment widget was not told of a fine-tuned model. The widgets hold the viewer
+    itself and touch only napari's public API through it.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def kept_transform(layer: Layer, keep: Sequence[int]) -> dict[str, Any]:
     """``layer``'s rotate, shear and affine on the axes ``keep`` (its channel axis taken out),
     as keywords for the output layers: with its scale and translate they put every output

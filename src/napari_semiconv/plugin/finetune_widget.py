@@ -34,6 +34,7 @@ from ._finetune_pairs import (
     worms_layers,
 )
 from ._finetune_worker import FineTuneResult, FineTuneUpdate, run_finetune
+from ._layers import unproxied
 from ._pickers import show_error
 from ._settings import (
     FINETUNE_FILE,
@@ -57,7 +58,7 @@ class FineTuneWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         import_torch()  # before any model is listed: napari's Qt is already running
-        self.viewer = viewer
+        self.viewer = unproxied(viewer)  # layers compared by identity (see there)
         self.worker: Any = None
         self.rows: list[PairRow] = []
         self.last_output: Path | None = None  # the model file of the latest run

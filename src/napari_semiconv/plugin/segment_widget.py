@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 from ..core.refine import postprocess_defaults
 from ..core.rescale import MAX_RESCALE, MIN_RESCALE
 from ..core.tiling import MIN_TILE_SIZE
+from ._layers import unproxied
 from ._pickers import ImagePicker, ModelPicker, full_resolution, show_error, show_warning
 from ._settings import load_settings, restore_segment, save_settings, segment_snapshot
 from ._threading import worker_for
@@ -64,7 +65,7 @@ class SegmentWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         import_torch()  # before any model is listed: napari's Qt is already running
-        self.viewer = viewer
+        self.viewer = unproxied(viewer)  # layers compared by identity (see there)
         self.worker: Any = None  # the running napari worker, None when idle
         self.last_result: RunResult | None = None
         self._last_labels: Any = None  # the worms layer the last result was shown in
