@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 from reliability_kit import save_tiny_model
-from toy_worms import toy_worms, write_bbbc010_like, write_folders_dataset
+from toy_worms import (
+    stop_after_first_checkpoint,
+    toy_worms,
+    write_bbbc010_like,
+    write_folders_dataset,
+)
 
 from napari_semiconv.cli.main import main
 from napari_semiconv.core.checkpoint import load_checkpoint
@@ -42,15 +47,16 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stopped(dataset, tmp_path_factory):
-    """A bright-field run with a non-default recipe, stopped (by its time budget) at step 1 of 3."""
+    """A bright-field run with a non-default recipe, stopped (Ctrl-C) at step 1 of 3."""
     out = tmp_path_factory.mktemp("run") / "bf.pt"
-    code = _quiet(
-        ["train", "--data", str(dataset), "--layout", "folders", "--input", "brightfield",
-         "--iterations", "3", "--lr", "0.005", "--seed", "3", "--schedule", "cosine",
-         "--batch-size", "1", "--crop", "64", "--warmup", "1", "--checkpoint-every", "1",
-         "--time-budget", "0.001", "--device", "cpu", "--out", str(out), *TINY]
-    )  # fmt: skip
-    assert code == 0
+    with stop_after_first_checkpoint():  # as by Ctrl-C
+        code = _quiet(
+            ["train", "--data", str(dataset), "--layout", "folders", "--input", "brightfield",
+             "--iterations", "3", "--lr", "0.005", "--seed", "3", "--schedule", "cosine",
+             "--batch-size", "1", "--crop", "64", "--warmup", "1", "--checkpoint-every", "1",
+             "--device", "cpu", "--out", str(out), *TINY]
+        )  # fmt: skip
+    assert code == 130
     assert load_checkpoint(out).train_state["step"] == 1
     return out
 
@@ -452,12 +458,13 @@ def test_resume_takes_the_data_and_wells_from_the_checkpoint(tmp_path, capsys):
     # A03 went into training, and the card was rewritten to say so.
     data = write_bbbc010_like(tmp_path / "bbbc", ["A01", "A02", "A03"])
     out = tmp_path / "run.pt"
-    code = _quiet(
-        ["train", "--data", str(data), "--wells", "A01,A02", "--val-wells", "A03",
-         "--iterations", "3", "--batch-size", "1", "--crop", "64", "--checkpoint-every", "1",
-         "--time-budget", "0.001", "--device", "cpu", "--out", str(out), *TINY]
-    )  # fmt: skip
-    assert code == 0 and load_checkpoint(out).train_state["step"] == 1
+    with stop_after_first_checkpoint():  # as by Ctrl-C
+        code = _quiet(
+            ["train", "--data", str(data), "--wells", "A01,A02", "--val-wells", "A03",
+             "--iterations", "3", "--batch-size", "1", "--crop", "64", "--checkpoint-every", "1",
+             "--device", "cpu", "--out", str(out), *TINY]
+        )  # fmt: skip
+    assert code == 130 and load_checkpoint(out).train_state["step"] == 1
     resume = ["train", "--out", str(out), "--resume", "--device", "cpu"]
     other = write_bbbc010_like(tmp_path / "other", ["A01", "A02", "A03"])
     for flags, named in (

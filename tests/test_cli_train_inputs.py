@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from toy_worms import write_bbbc010_like
+from toy_worms import stop_after_first_checkpoint, write_bbbc010_like
 
 from napari_semiconv.cli.main import main
 from napari_semiconv.core.checkpoint import load_checkpoint
@@ -127,8 +127,10 @@ def test_fold_config_refuses_val_wells(tmp_path):
 
 
 def _stopped(out: Path, *flags: str) -> Path:
-    """A synthetic-only run stopped at step 1 of 3, written to ``out``."""
-    assert _quiet([*SYNTHETIC, "--out", str(out), *flags]) == 0
+    """A synthetic-only run stopped (Ctrl-C) at step 1 of 3, written to ``out``."""
+    argv = [a for a in SYNTHETIC if a not in ("--time-budget", "0.001")]
+    with stop_after_first_checkpoint():
+        assert _quiet([*argv, "--out", str(out), *flags]) == 130
     assert load_checkpoint(out).train_state["step"] == 1
     return out
 
@@ -250,3 +252,16 @@ def test_demo_without_dots_still_defaults_to_the_bundled_model(tmp_path, monkeyp
     monkeypatch.setattr(inference, "load_model", load)
     assert main(["demo", "--out", str(tmp_path / "d")]) == 2
     assert loaded == [("worms-brightfield", "auto")]
+
+
+def test_a_run_whose_time_budget_ended_it_is_not_resumed(tmp_path, monkeypatch, capsys):
+    # its schedule was spent, so a resume trained at its final rate (1e-6 for 10 s) and
+    # reported "done"
+    out = tmp_path / "run.pt"
+    assert _quiet([*SYNTHETIC, "--out", str(out)]) == 0  # the budget ends it at step 1 of 3
+    before = out.read_bytes()
+    _no_data_read(monkeypatch)
+    assert main([*_resume(out), "--time-budget", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "finished its learning-rate schedule" in err and "--base" in err
+    assert out.read_bytes() == before

@@ -297,10 +297,34 @@ def test_a_resumed_run_never_goes_back_up_to_a_higher_learning_rate(samples, tmp
     stopped = [e for e in train(config) if e.phase == "train" and e.losses]
     assert [e.iteration for e in stopped] == [1] and stopped[0].lr == pytest.approx(1e-4)
     assert load_checkpoint(config.out).train_state["fraction"] == 1.0
-    resumed = list(train(dataclasses.replace(config, resume=True, time_budget_s=None)))
+    # a cancelled run goes on where its schedule had got, not from step / iterations
+    config = _config(samples, tmp_path / "c", iterations=10, checkpoint_every=1)
+    for event in train(config):
+        if event.phase == "checkpoint" and event.iteration == 7:  # past the first decay
+            break
+    resumed = list(train(dataclasses.replace(config, resume=True)))
     steps = [e for e in resumed if e.phase == "train" and e.losses]
-    assert [e.iteration for e in steps] == [2, 3]
-    assert all(e.lr == pytest.approx(1e-4) for e in steps)
+    assert [e.iteration for e in steps] == [8, 9, 10]
+    assert [e.lr for e in steps] == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
+def test_a_finished_schedule_is_not_resumed_and_more_iterations_stretch_it(samples, tmp_path):
+    # resuming a finished run trained at its final, smallest rate (the widget's "Resume to
+    # train longer": 1e-7 for 200 more fine-tuning steps; a spent time budget: 1e-4 for ever)
+    config = _config(samples, tmp_path, checkpoint_every=1, time_budget_s=1e-3)
+    list(train(config))  # the budget ends the schedule at step 1 of 3
+    with pytest.raises(ValueError, match="finished its learning-rate schedule.*more than 3"):
+        next(iter(train(dataclasses.replace(config, resume=True, time_budget_s=None))))
+    config = _config(samples, tmp_path / "b", iterations=3)
+    list(train(config))
+    with pytest.raises(ValueError, match="already at step 3"):
+        next(iter(train(dataclasses.replace(config, resume=True))))
+    # given 12 iterations, the 3-step run is the first quarter of a 12-step schedule
+    longer = list(train(dataclasses.replace(config, resume=True, iterations=12)))
+    steps = [e for e in longer if e.phase == "train" and e.losses]
+    assert [e.iteration for e in steps] == list(range(4, 13))
+    assert steps[0].lr == pytest.approx(1e-2)  # before the first decay at 0.67 of the run
+    assert steps[-1].lr == pytest.approx(1e-4)  # and decayed by its end
 
 
 def test_validation_images_without_worms_are_refused_before_training(samples, tmp_path):

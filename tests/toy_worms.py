@@ -84,3 +84,30 @@ def run_steps(steps) -> tuple[list, object]:
             events.append(next(steps))
         except StopIteration as stop:
             return events, stop.value
+
+
+def stop_after_first_checkpoint():
+    """A context in which ``core.training.train`` is stopped as by Ctrl-C right after its first
+    checkpoint: a run part-way through its schedule, for tests that resume one (a time budget
+    would end the schedule, and a finished schedule is not resumed)."""
+    import contextlib
+
+    import pytest
+
+    from napari_semiconv.core import training
+
+    real = training.train
+
+    def interrupted(config):
+        for event in real(config):
+            yield event
+            if event.phase == "checkpoint":
+                raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def patched():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(training, "train", interrupted)
+            yield
+
+    return patched()

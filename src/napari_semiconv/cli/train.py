@@ -298,6 +298,8 @@ def _settings(args: argparse.Namespace) -> tuple:
     """(model config, recipe) of the run: resuming, those the checkpoint records."""
     from pathlib import Path
 
+    from napari_semiconv.core.training import resumed_fraction
+
     if Path(args.out).expanduser().is_dir():
         example = f"{args.out}/worms.pt"
         raise ValueError(f"--out {args.out} is a folder; give a file name, e.g. {example}")
@@ -314,6 +316,14 @@ def _settings(args: argparse.Namespace) -> tuple:
             f"{out} has finished its {recipe['iterations']} iterations (step {step}); nothing "
             "to resume. To train it further, start a new run with --base and another --out"
         )
+    try:  # a time budget that ended the run spent its schedule: refused before the data
+        resumed_fraction(out.name, ckpt, int(recipe["iterations"]))
+    except ValueError:
+        raise ValueError(
+            f"{out} has finished its learning-rate schedule (its time budget ended it at step "
+            f"{step}); resumed, it would only train at its final, smallest rate: nothing to "
+            "resume. To train it further, start a new run with --base and another --out"
+        ) from None
     return model, recipe
 
 

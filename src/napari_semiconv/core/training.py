@@ -11,7 +11,8 @@ worms mixed in, torch's RoI sampling) is drawn from generators seeded by (seed, 
 a run resumed from a checkpoint at step s continues exactly as the uninterrupted run would; the
 checkpoint's ``train_state`` holds the optimizer state, the step, the best validation AP and how
 far the schedule had got (``fraction``). A time budget given to a resumed run is a budget for the
-continuation: the learning rate goes on from where the schedule stopped, never back up.
+continuation: the learning rate goes on from where the schedule stopped, never back up; more
+iterations stretch the schedule to the new length, and a finished schedule is not resumed.
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) the same call joins the process group (gloo on
 CPU, nccl on CUDA), wraps the model in DistributedDataParallel, gives each rank a disjoint share
@@ -65,6 +66,7 @@ __all__ = [
     "kfold",
     "lr_factor",
     "resumable_checkpoint",
+    "resumed_fraction",
     "train",
 ]
 
@@ -103,8 +105,35 @@ def _resume_checkpoint(config: TrainConfig) -> Checkpoint:
             f"{out.name} is already at step {step}; to train it further, give it more than "
             f"{step} iterations (it has {config.iterations})"
         )
+    ckpt.train_state["fraction"] = resumed_fraction(out.name, ckpt, config.iterations)
     config.model = ckpt.config
     return ckpt
+
+
+def resumed_fraction(name: str, ckpt: Checkpoint, iterations: int) -> float:
+    """How far through its learning-rate schedule a resumed run starts.
+
+    The saved run got ``fraction`` of the way through a schedule of its own ``iterations``
+    (the card's recipe). Given more iterations, the run is the same run made longer: its
+    schedule stretches to the new length (at 10 of 10 steps done, resumed for 20, it is half
+    way, before the first decay). Resuming a run at its full length used to go on at its final,
+    smallest rate (1e-7 for 200 more steps of a fine-tune): a finished schedule is refused.
+    """
+    state = ckpt.train_state
+    fraction = float(state.get("fraction", 0.0))
+    recorded = (ckpt.card.get("recipe") or {}).get("iterations")
+    if isinstance(recorded, int) and 0 < recorded < iterations:
+        fraction *= recorded / iterations
+    if fraction >= 1.0 - 1e-9:
+        step = int(state.get("step", 0))
+        longer = f"more than {recorded} iterations, " if isinstance(recorded, int) else ""
+        raise ValueError(
+            f"{name} has finished its learning-rate schedule (at step {step}, when its "
+            "iterations or its time budget ran out): resumed, it would only train at its "
+            f"final, smallest rate. To train it longer, give it {longer}or start a new model "
+            "with it as the base model"
+        )
+    return fraction
 
 
 def _prepare_model(
