@@ -244,7 +244,9 @@ def test_fine_tune_writes_model_card_data_and_stops_on_budget(model_dir, base_mo
     # the card's command is a valid `napari-semiconv train` invocation of the same recipe
     argv = shlex.split(config.card["command"])
     args = build_parser().parse_args(argv[1:])
-    assert (args.layout, args.data, args.out) == ("folders", str(data), str(out))
+    # into a file beside the model: its own name is the model's (the command failed on it)
+    repeat = model_dir / "my-worms-repeat.pt"
+    assert (args.layout, args.data, args.out) == ("folders", str(data), str(repeat))
     assert (args.iterations, args.crop, args.heads_only) == (3, 64, True)
     assert args.base == str(base_model)
 
@@ -269,6 +271,10 @@ def test_fine_tune_writes_model_card_data_and_stops_on_budget(model_dir, base_mo
     assert card["validation_pair"]["image"] == "val" and "AP" in card["metrics"]
     assert card["step"] == 1 and card["command"] == config.card["command"]
     assert "my-worms" in [m["name"] for m in list_models()]
+    # the command runs as written, beside the model it repeats
+    from napari_semiconv.cli.main import main
+
+    assert main(argv[1:]) == 0 and load_checkpoint(repeat).card["step"] == 3
 
     # resume continues the same file to the end of the schedule
     spec.resume, spec.minutes = True, 0.0

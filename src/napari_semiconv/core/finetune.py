@@ -220,10 +220,14 @@ def checkpoint_cadence(iterations: int, preview_every: int = 0) -> int:
 # ---------------------------------------------------------------------------- the run
 def cli_command(config: Any, spec: FineTuneSpec) -> str:
     """The ``napari-semiconv train`` command that repeats this run (minus the time budget and
-    the validation pair, which the CLI does not take)."""
+    the validation pair, which the CLI does not take). Its ``--out`` is a new file beside the
+    model (``<name>-repeat.pt``): the model's own name is taken by the model, and a run refuses
+    to start over an existing checkpoint, so the command as written failed."""
+    out = Path(str(config.out))
     args = ["napari-semiconv", "train", "--base", str(spec.base)]
     args += ["--layout", "folders", "--data", str(config.data_root or "<images+labels folder>")]
-    args += ["--out", str(config.out), "--iterations", str(config.iterations)]
+    args += ["--out", str(out.with_name(f"{out.stem}-repeat{out.suffix}"))]
+    args += ["--iterations", str(config.iterations)]
     args += ["--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}"]
     args += ["--schedule", config.schedule, "--warmup", str(config.warmup_iters)]
     args += ["--crop", str(config.crop or 0), "--checkpoint-every", str(config.checkpoint_every)]
