@@ -265,3 +265,21 @@ def test_a_run_whose_time_budget_ended_it_is_not_resumed(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "finished its learning-rate schedule" in err and "--base" in err
     assert out.read_bytes() == before
+
+
+def test_a_label_file_of_another_name_is_reported_as_one_plain_line(tmp_path, capsys):
+    # "A02 .tif" beside "A02.tif": the pair was dropped with Python's warning naming
+    # core/training_data.py:56 and its source line
+    from toy_worms import write_folders_dataset
+
+    (tmp_path / "data").mkdir()
+    data = write_folders_dataset(tmp_path / "data", (96, 96), 2, 0, "w")
+    (data / "labels" / "w1.tif").rename(data / "labels" / "w1 .tif")
+    argv = ["train", "--data", str(data), "--layout", "folders", "--iterations", "1",
+            "--batch-size", "1", "--crop", "64", "--device", "cpu", "--no-amp",
+            "--out", str(tmp_path / "m.pt"), *TINY]  # fmt: skip
+    assert _quiet(argv) == 0
+    err = capsys.readouterr().err
+    assert "napari-semiconv train: warning: " in err and ".py:" not in err
+    assert "no label file of the same name in labels/: w1.tif" in err
+    assert "no image of the same name in images/: w1 .tif" in err

@@ -127,7 +127,7 @@ def _write_folders(root, toy):
 def test_read_folders_matches_by_stem_and_prefers_instance_stacks(tmp_path):
     toy = _toy()
     _write_folders(tmp_path, toy)
-    with pytest.warns(UserWarning, match="c.tif: no labels"):
+    with pytest.warns(UserWarning, match="no label file of the same name in labels/: c.tif"):
         samples = read_folders(tmp_path, "binary")
     assert [s.name for s in samples] == ["a", "b"]
     for s in samples:

@@ -294,3 +294,22 @@ def test_the_widgets_as_napari_opens_them_pair_corrections_and_list_new_models(
     assert segment.model_combo.findData("my-new-worms") < 0
     widget.publish()
     assert segment.model_combo.findData("my-new-worms") >= 0
+
+
+def test_a_folder_with_a_misnamed_label_file_says_what_it_left_out(qtbot, widget, tmp_path):
+    # "w1 .tif" beside "w1.tif": the widget trained on the other images and said nothing
+    from toy_worms import write_folders_dataset
+
+    (tmp_path / "data").mkdir()
+    data = write_folders_dataset(tmp_path / "data", (96, 96), 2, 0, "w")
+    (data / "labels" / "w1.tif").rename(data / "labels" / "w1 .tif")
+    widget.folder_radio.setChecked(True)
+    widget.folder_edit.setText(str(data))
+    widget.iter_spin.setValue(1)
+    widget.name_edit.setText("from-folder")
+    assert widget.train() is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=LONG)
+    status = widget.status_label.text()
+    assert "Saved from-folder" in status
+    assert "no label file of the same name in labels/: w1.tif" in status
+    assert "no image of the same name in images/: w1 .tif" in status

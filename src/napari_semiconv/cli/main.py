@@ -7,8 +7,12 @@ Each sub-command lives in its own module exposing ``add_parser(subparsers)`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 # sub-command name -> module under napari_semiconv.cli
 SUBCOMMANDS = {
@@ -41,12 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+@contextlib.contextmanager
+def _plain_package_warnings(command: str) -> Iterator[None]:
+    """This package's warnings as one plain line each ("an image without labels: skipped"),
+    not Python's warning with the library's file, line and source (which named
+    ``core/training_data.py:56`` and ``samples = read_folders(...)`` to a user whose label
+    file's name did not match). Other packages' warnings are shown as usual."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(_PACKAGE):
+            print(f"napari-semiconv {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the records commands write
     try:
-        return int(args.run(args) or 0)
+        with _plain_package_warnings(args.command):
+            return int(args.run(args) or 0)
     except (ValueError, TypeError, OSError) as exc:
         # user errors and the file system's (missing, existing, read-only, full disk, a file
         # where a folder should be): one clear line, no traceback

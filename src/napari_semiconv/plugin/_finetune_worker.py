@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class FineTuneResult:
     metrics: dict[str, Any] | None
     message: str
     seconds: float
+    notes: list[str] = field(default_factory=list)  # e.g. files a folder's pairs left out
 
 
 class FineTuneError(Exception):
@@ -86,6 +87,13 @@ def _run(
     start = time.perf_counter()
     yield FineTuneUpdate("message", text="reading the base model and the pairs")
     config = build_train_config(spec)
+    notes = []
+    if spec.folder:  # a misnamed file is left out: say so, not only in a log
+        from ..core.data.folders import unpaired_files
+
+        notes = unpaired_files(spec.folder)
+        for note in notes:
+            yield FineTuneUpdate("message", text=note)
     out = Path(config.out)
     yield FineTuneUpdate("message", total=config.iterations, text=f"training {out.stem}")
     history = LossHistory.load(history_path(out)) if spec.resume else LossHistory()
@@ -128,4 +136,5 @@ def _run(
         metrics=metrics,
         message=final.message if final else "",
         seconds=time.perf_counter() - start,
+        notes=notes,
     )

@@ -301,7 +301,8 @@ class FineTuneWidget(QWidget):
         text = f"Saved {Path(result.out).stem} (step {result.step}/{result.total}"
         text += f", validation AP {format_metric(ap)}" if result.metrics else ""
         text += f") in {result.seconds:.0f} s; it is in the Segment widget's model list."
-        self.status_label.setText(f"{result.message}\n{text}" if result.message else text)
+        lines = [*result.notes, result.message, text]
+        self.status_label.setText("\n".join(line for line in lines if line))
         self.publish()
 
     def _on_error(self, exc: BaseException) -> None:

@@ -140,6 +140,26 @@ def _files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def unpaired_files(root: str | Path) -> list[str]:
+    """What :func:`read_folders` skips in ``root``, one note per kind: images without a label
+    file of their name, and label files without an image (a typo, a stray space, another
+    tool's suffix). Empty when every file is paired or a sub-folder is missing."""
+    root = Path(root).expanduser()
+    if not ((root / "images").is_dir() and (root / "labels").is_dir()):
+        return []
+    images, labels = _files(root / "images"), _files(root / "labels")
+    paired = {stem for stem in images for t in _LABEL_TAGS if stem + t in labels}
+    lonely = [path.name for stem, path in images.items() if stem not in paired]
+    wanted = {stem + tag for stem in images for tag in _LABEL_TAGS}
+    orphans = [labels[stem].name for stem in sorted(set(labels) - wanted)]
+    notes = []
+    if lonely:
+        notes.append(f"skipped, no label file of the same name in labels/: {', '.join(lonely)}")
+    if orphans:
+        notes.append(f"skipped, no image of the same name in images/: {', '.join(orphans)}")
+    return notes
+
+
 def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
     """Samples of ``root/images`` matched to ``root/labels`` by stem, sorted by image name.
 
@@ -164,10 +184,7 @@ def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
     samples = []
     for stem, image_path in images.items():
         match = next((labels[stem + t] for t in _LABEL_TAGS if stem + t in labels), None)
-        if match is None:
-            warnings.warn(
-                f"{image_path.name}: no labels in {folders['labels']}; skipped", stacklevel=2
-            )
+        if match is None:  # said below, with the labels that have no image
             continue
         # read outside the try: a read error names its file with the full path already
         image, label_data = read_image(image_path), read_image(match)
@@ -178,10 +195,8 @@ def read_folders(root: str | Path, input_mode: str) -> list[Sample]:
         # after _sample, whose checks give the clearer message for bad dtypes or shapes
         _check_labels(label_data, f"{image_path.name} / {match.name}", match)
         samples.append(sample)
-    wanted = {stem + tag for stem in images for tag in _LABEL_TAGS}
-    orphans = sorted(set(labels) - wanted)
-    if orphans:
-        warnings.warn(f"labels without an image in {folders['images']}: {orphans}", stacklevel=2)
+    for note in unpaired_files(root):
+        warnings.warn(f"{root}: {note}", stacklevel=2)
     if not samples:
         raise ValueError(f"no image in {folders['images']} has labels in {folders['labels']}")
     return samples
