@@ -69,6 +69,19 @@ def test_label_image_becomes_one_mask_per_id():
     assert masks[0, 3, 3] and masks[1, 0, 0] and masks[2, 5, 0]
 
 
+def test_labels_saved_with_a_leading_axis_colour_or_as_a_stack_of_label_images():
+    # a 1×H×W label TIFF was read as a one-slice stack: its 15 ids became one "worm" (and the
+    # message spoke of a label in 11 pieces); an RGB label PNG "did not match the image"
+    labels = np.zeros((6, 6), np.int32)
+    labels[0, :2], labels[3, 3:], labels[5, 0] = 7, 2, 30
+    np.testing.assert_array_equal(labels_to_masks(labels[None], (6, 6)), labels_to_masks(labels))
+    colour = np.repeat(labels[..., None], 3, axis=2).astype(np.uint8)
+    with pytest.raises(ValueError, match="colour .RGB/RGBA. image, not a label image"):
+        labels_to_masks(colour, (6, 6))
+    with pytest.raises(ValueError, match="slice 1 of the N×H×W labels holds 3 different ids"):
+        labels_to_masks(np.stack([labels > 0, labels]).astype(np.int32), (6, 6))
+
+
 def test_instance_stack_keeps_overlaps_and_drops_empty_slices():
     toy = _toy()
     stack = np.concatenate([toy.masks, np.zeros((1, 48, 64), bool)]).astype(np.uint8) * 255

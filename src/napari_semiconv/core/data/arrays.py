@@ -42,6 +42,17 @@ def labels_to_masks(labels: np.ndarray, shape: tuple[int, int] | None = None) ->
         raise ValueError(
             f"labels must be a 2-D label image or an N×H×W stack of masks, got shape {arr.shape}"
         )
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]  # a label image saved with a leading axis of one (1×H×W): its ids count
+    if (
+        arr.ndim == 3
+        and arr.shape[-1] in (3, 4)
+        and (shape is None or arr.shape[:2] == tuple(shape))
+    ):
+        raise ValueError(
+            f"labels of shape {arr.shape} are a colour (RGB/RGBA) image, not a label image: "
+            "save the labels as one integer id per pixel (a grey label TIFF or PNG)"
+        )
     if shape is not None and arr.shape[-2:] != tuple(shape):
         raise ValueError(
             f"labels of shape {arr.shape} do not match the image's (H, W) = {tuple(shape)}; "
@@ -50,6 +61,16 @@ def labels_to_masks(labels: np.ndarray, shape: tuple[int, int] | None = None) ->
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError("labels contain NaN or infinite values")
     if arr.ndim == 3:
+        for k, plane in enumerate(arr):
+            values = plane[plane != 0]
+            if values.size and values.min() != values.max():
+                # a stack of label images, not of masks: each slice would become one worm
+                ids = np.unique(values).size
+                raise ValueError(
+                    f"slice {k} of the N×H×W labels holds {ids} different ids: a stack "
+                    "holds one worm's 0/1 mask per slice; give several worms as one 2-D label "
+                    "image (one id per worm)"
+                )
         masks = arr != 0
         masks = masks[masks.any(axis=(1, 2))]
     else:
